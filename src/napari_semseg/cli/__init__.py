@@ -1,0 +1,56 @@
+"""The ``napari-semseg`` command line.
+
+Each subcommand lives in its own module with ``register(subparsers)`` and ``run(args) -> int``.
+Every :class:`~napari_semseg.core.errors.SemSegError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+COMMANDS = ("predict", "train", "evaluate", "info", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from napari_semseg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="napari-semseg",
+        description="Semantic segmentation of very large images with CNNs.")
+    parser.add_argument("--version", action="version", version=f"napari-semseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = import_module(f"napari_semseg.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"napari_semseg.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``napari-semseg`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from napari_semseg.core.errors import Cancelled, SemSegError
+
+    try:
+        return int(args.run(args) or 0)
+    except SemSegError as exc:
+        print(f"napari-semseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled as exc:
+        print(f"napari-semseg {args.command}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"napari-semseg {args.command}: interrupted; nothing was left under the output "
+              "name (use --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Models: smp networks that carry their own metadata, saved as safetensors + JSON.
+
+A model file is one ``.safetensors`` file: the weights as tensors and, in the safetensors header's
+string metadata, one JSON document (key ``napari_semseg``) describing architecture, encoder,
+channels, classes and colours, normalization statistics, tile and halo, training provenance and
+package versions. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._triton_guard import preload_triton
+from .errors import SemSegError
+from .normalize import Normalization
+
+FORMAT = "napari-semseg/1"
+METADATA_KEY = "napari_semseg"
+
+ARCHITECTURES = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "fpn": "FPN",
+    "pspnet": "PSPNet",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "linknet": "Linknet",
+    "manet": "MAnet",
+    "pan": "PAN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+}
+
+# Distinct colours for classes 1..K (RGB); class k uses PALETTE[(k - 1) % len(PALETTE)].
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+]
+
+
+def _smp():
+    preload_triton()
+    import segmentation_models_pytorch as smp
+
+    return smp
+
+
+@dataclass
+class ModelMetadata:
+    """Everything needed to use a model correctly, stored inside the model file.
+
+    Class ``k`` (1-based, as painted in napari) is ``class_names[k - 1]`` and is drawn in
+    ``class_colors[k - 1]`` (``#rrggbb``). Channel ``c`` of the input is ``channel_names[c]``.
+    """
+
+    arch: str
+    encoder: str
+    in_channels: int
+    classes: int
+    channel_names: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    class_colors: list[str] = field(default_factory=list)
+    normalization: Normalization | None = None
+    tile: int = 1024
+    halo: int = 32
+    stride: int = 32
+    pixel_size: float | None = None
+    pixel_unit: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    format: str = FORMAT
+
+    def __post_init__(self) -> None:
+        if not self.channel_names:
+            self.channel_names = [f"channel {c}" for c in range(self.in_channels)]
+        if not self.class_names:
+            self.class_names = [f"class {k}" for k in range(1, self.classes + 1)]
+        if not self.class_colors:
+            self.class_colors = [
+                "#%02x%02x%02x" % PALETTE[(k - 1) % len(PALETTE)] for k in range(1, self.classes + 1)
+            ]
+        if isinstance(self.normalization, dict):
+            self.normalization = Normalization(**self.normalization)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        data = json.loads(text)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class SemSegModel(nn.Module):
+    """An smp segmentation network plus its :class:`ModelMetadata`.
+
+    ``model(x)`` returns logits of shape ``(B, classes, H, W)`` for input ``(B, in_channels, H, W)``
+    with ``H`` and ``W`` multiples of ``model.metadata.stride``.
+    """
+
+    def __init__(self, net: nn.Module, metadata: ModelMetadata) -> None:
+        super().__init__()
+        self.net = net
+        self.metadata = metadata
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def extra_repr(self) -> str:
+        m = self.metadata
+        return f"arch={m.arch}, encoder={m.encoder}, in_channels={m.in_channels}, classes={m.classes}"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("napari-semseg", "torch", "segmentation-models-pytorch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _make_net(meta: ModelMetadata, encoder_weights: str | None = None) -> nn.Module:
+    smp = _smp()
+    key = meta.arch.lower().replace("_", "").replace("-", "")
+    if key not in ARCHITECTURES:
+        raise SemSegError(f"unknown architecture '{meta.arch}'; choose one of "
+                          f"{', '.join(sorted(ARCHITECTURES))}")
+    encoders = smp.encoders.get_encoder_names()
+    if meta.encoder not in encoders:
+        raise SemSegError(f"unknown encoder '{meta.encoder}'; see "
+                          "segmentation_models_pytorch.encoders.get_encoder_names()")
+    cls = getattr(smp, ARCHITECTURES[key])
+    try:
+        return cls(encoder_name=meta.encoder, encoder_weights=encoder_weights,
+                   in_channels=meta.in_channels, classes=meta.classes, **meta.arch_kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise SemSegError(f"cannot build {meta.arch} with encoder {meta.encoder}: {exc}") from exc
+
+
+def build_model(
+    arch: str = "unet",
+    encoder: str = "resnet18",
+    in_channels: int = 1,
+    classes: int = 2,
+    *,
+    encoder_weights: str | None = None,
+    class_names: list[str] | None = None,
+    class_colors: list[str] | None = None,
+    channel_names: list[str] | None = None,
+    normalization: Normalization | None = None,
+    tile: int = 1024,
+    halo: int = 32,
+    pixel_size: float | None = None,
+    pixel_unit: str | None = None,
+    **arch_kwargs: Any,
+) -> SemSegModel:
+    """Build a segmentation model over segmentation-models-pytorch.
+
+    Parameters
+    ----------
+    arch
+        Architecture: ``unet``, ``unetplusplus``, ``fpn``, ``deeplabv3plus``, ``segformer``, ...
+    encoder
+        Any smp encoder name (``resnet18``, ``efficientnet-b0``, ``mit_b0``, ...).
+    in_channels, classes
+        Number of input channels and of classes (labels 1..classes).
+    encoder_weights
+        Pretrained encoder weights; ``None`` (default) never touches the network.
+    class_names, class_colors, channel_names
+        Names of classes 1..K, their colours (``#rrggbb``), and names of input channels.
+    normalization
+        Per-channel normalization applied before the network (set by training).
+    tile, halo
+        Preferred prediction tile edge and the context margin (pixels) the network needs.
+    pixel_size, pixel_unit
+        Pixel size of the training data, used to rescale inputs of another pixel size.
+    **arch_kwargs
+        Passed to the smp architecture (e.g. ``encoder_depth``, ``decoder_channels``).
+
+    Returns
+    -------
+    SemSegModel
+        The network in eval mode with its metadata attached as ``model.metadata``.
+    """
+    if in_channels < 1 or classes < 1:
+        raise SemSegError(f"in_channels and classes must be positive, got {in_channels}, {classes}")
+    if classes == 1:
+        raise SemSegError("semantic segmentation needs at least 2 classes (background and one more)")
+    stride = 2 ** int(arch_kwargs.get("encoder_depth", 5))
+    meta = ModelMetadata(
+        arch=arch.lower(), encoder=encoder, in_channels=in_channels, classes=classes,
+        channel_names=list(channel_names or []), class_names=list(class_names or []),
+        class_colors=list(class_colors or []), normalization=normalization,
+        tile=int(tile), halo=int(halo), stride=stride, pixel_size=pixel_size,
+        pixel_unit=pixel_unit, arch_kwargs=dict(arch_kwargs), versions=_versions(),
+    )
+    for name, values, n in (("class_names", meta.class_names, classes),
+                            ("class_colors", meta.class_colors, classes),
+                            ("channel_names", meta.channel_names, in_channels)):
+        if len(values) != n:
+            raise SemSegError(f"{name} has {len(values)} entries but the model has {n}")
+    model = SemSegModel(_make_net(meta, encoder_weights), meta)
+    return model.eval()
+
+
+def save_model(model: SemSegModel, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Write ``model`` as one ``.safetensors`` file with its JSON metadata in the header.
+
+    The file is written to a temporary name and renamed, so a crash never leaves a half-written
+    model under ``path``.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, SemSegModel):
+        raise SemSegError("save_model expects a model from build_model, train or load_model")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SemSegError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    model.metadata.versions = _versions()
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(tmp), metadata={METADATA_KEY: model.metadata.to_json(), "format": FORMAT})
+    os.replace(tmp, path)
+    return path
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """Parse a safetensors header without reading tensors; raise SemSegError if it is not one."""
+    hint = (f"{path} is not a napari-semseg model file (expected a .safetensors file written by "
+            "save_model or napari-semseg train)")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise SemSegError(hint)
+            (n,) = struct.unpack("<Q", head)
+            if n <= 1 or n > min(size - 8, 100 * 2**20):
+                raise SemSegError(hint)
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SemSegError(hint) from exc
+    if not isinstance(header, dict):
+        raise SemSegError(hint)
+    return header
+
+
+def read_metadata(path: str | os.PathLike) -> ModelMetadata:
+    """Read only the metadata of a model file (fast; no weights are loaded)."""
+    path = Path(path)
+    if not path.exists():
+        raise SemSegError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise SemSegError(f"model path {path} is a folder; give the .safetensors file")
+    header = _read_header(path)
+    text = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if text is None:
+        raise SemSegError(f"{path} is a safetensors file but has no napari-semseg metadata; "
+                          "it was not written by napari-semseg")
+    try:
+        return ModelMetadata.from_json(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise SemSegError(f"{path} has damaged napari-semseg metadata: {exc}") from exc
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SemSegModel:
+    """Load a model written by :func:`save_model` (safetensors; never unpickles).
+
+    Raises
+    ------
+    SemSegError
+        If the file is missing, not a safetensors file (a pickle, a random file), lacks the
+        metadata, or its weights do not fit the architecture it declares.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SemSegError(f"{path} is damaged: {exc}") from exc
+    net = _make_net(meta)
+    try:
+        net.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise SemSegError(f"{path}: weights do not match {meta.arch}/{meta.encoder}: {first}") from exc
+    model = SemSegModel(net, meta).eval()
+    from .device import resolve_device
+
+    return model.to(resolve_device(device))
+
+
+def as_model(model: SemSegModel | str | os.PathLike) -> SemSegModel:
+    """Accept a model object or a path to a model file."""
+    if isinstance(model, SemSegModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    raise SemSegError(f"expected a model or a model file path, got {type(model).__name__}")
