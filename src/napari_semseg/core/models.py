@@ -219,11 +219,13 @@ def build_model(
     return model.eval()
 
 
-def save_model(model: SemSegModel, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+def save_model(model: SemSegModel, path: str | os.PathLike, *, overwrite: bool = True,
+               half: bool = False) -> Path:
     """Write ``model`` as one ``.safetensors`` file with its JSON metadata in the header.
 
     The file is written to a temporary name and renamed, so a crash never leaves a half-written
-    model under ``path``.
+    model under ``path``. ``half=True`` stores floating-point weights as float16 (half the size;
+    they are loaded back as float32).
     """
     from safetensors.torch import save_file
 
@@ -234,6 +236,8 @@ def save_model(model: SemSegModel, path: str | os.PathLike, *, overwrite: bool =
         raise SemSegError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     model.metadata.versions = _versions()
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(tmp), metadata={METADATA_KEY: model.metadata.to_json(), "format": FORMAT})
@@ -298,6 +302,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     except (SafetensorError, OSError, ValueError) as exc:
         raise SemSegError(f"{path} is damaged: {exc}") from exc
     net = _make_net(meta)
+    reference = net.state_dict()
+    tensors = {k: v.to(reference[k].dtype) if k in reference and v.is_floating_point() else v
+               for k, v in tensors.items()}
     try:
         net.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
