@@ -87,17 +87,20 @@ def run(args: argparse.Namespace) -> int:
         jobs.append((inp, out))
     failed = []
     for inp, out in jobs:
-        bar = tqdm(total=0, unit="tile", desc=inp.name, file=sys.stderr, leave=True)
+        bar = None  # created at the first event, so that input errors print one line only
         try:
-            job = iter_segment(inp, model, settings, output=out)
-            for event in job:
+            for event in iter_segment(inp, model, settings, output=out):
+                if bar is None:
+                    bar = tqdm(total=event.total, unit="tile", desc=inp.name, file=sys.stderr)
                 bar.total = event.total
                 bar.n = event.done
                 bar.refresh()
-            bar.close()
+            if bar is not None:
+                bar.close()
             print(f"{inp} -> {out}")
         except SemSegError as exc:
-            bar.close()
+            if bar is not None:
+                bar.close()
             if len(jobs) == 1:
                 raise
             print(f"napari-semseg predict: {inp}: error: {exc}", file=sys.stderr)

@@ -121,19 +121,14 @@ def infer_channel_axis(shape: tuple[int, ...], expected: int | None = None) -> i
         raise SemSegError(f"image of shape {shape} is not an image; give at least two dimensions")
     if nd == 2:
         return None
-    if expected == 1 and nd == 3 and shape[-1] not in (3, 4):
-        return None  # a greyscale stack for a one-channel model
-    last_is_channels = shape[-1] <= MAX_CHANNELS and min(shape[-3], shape[-2]) > MAX_CHANNELS
-    if last_is_channels and (expected is None or expected == shape[-1] or expected != 1):
-        return nd - 1
+    if shape[-1] <= MAX_CHANNELS and min(shape[-3], shape[-2]) > MAX_CHANNELS:
+        return nd - 1  # (..., Y, X, C): RGB, RGBA, multispectral
     if expected is not None and expected > 1:
         for axis in range(nd - 2):
             if shape[axis] == expected:
                 return axis
     if expected == 1:
-        return None
-    if last_is_channels:
-        return nd - 1
+        return None  # a greyscale Z/T stack for a one-channel model
     if nd == 3 and shape[0] <= MAX_CHANNELS:
         raise SemSegError(f"cannot tell whether the first axis of shape {shape} holds channels or "
                           "slices; pass channel_axis=0 (CLI: --channel-axis 0) for channels, or "
@@ -148,7 +143,7 @@ def _open_tiff(path: Path) -> tuple[Any, list[tuple] | None]:
     try:
         with tifffile.TiffFile(path) as tf:
             if not tf.pages:
-                raise SemSegError(f"cannot read {path}: the TIFF has no image")
+                raise SemSegError(f"cannot read {path}: not a valid TIFF (it holds no image)")
             page = tf.pages.first
             geo = [(code, int(t.dtype), t.count, t.value, True)
                    for code in GEO_TAGS if (t := page.tags.get(code)) is not None]

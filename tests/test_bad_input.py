@@ -1,0 +1,132 @@
+"""Bad input to prediction: one clear line, exit code 2, nothing written (API and CLI)."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_semseg import save_model, segment
+from napari_semseg.cli import main
+from napari_semseg.core.errors import SemSegError
+
+
+@pytest.fixture
+def model_file(tmp_path, tiny_model):
+    return save_model(tiny_model, tmp_path / "model.safetensors")
+
+
+@pytest.fixture
+def good_tif(tmp_path, grey_image):
+    path = tmp_path / "image.tif"
+    tifffile.imwrite(path, grey_image)
+    return path
+
+
+def run_cli(capsys, *args):
+    code = main(["predict", *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def assert_clean_failure(capsys, tmp_path, args, pattern):
+    out = tmp_path / "out.zarr"
+    code, err = run_cli(capsys, *args, "--output", out)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error:" in lines[0], err
+    assert pattern in lines[0], lines[0]
+    assert not out.exists() and not out.with_name("out.zarr.partial").exists()
+
+
+def test_missing_input(capsys, tmp_path, model_file):
+    assert_clean_failure(capsys, tmp_path, [tmp_path / "nope.tif", "--model", model_file],
+                         "does not exist")
+    with pytest.raises(SemSegError, match="does not exist"):
+        segment(tmp_path / "nope.tif", model_file)
+
+
+def test_corrupt_tiff(capsys, tmp_path, model_file):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00" + b"\x13" * 200)
+    assert_clean_failure(capsys, tmp_path, [bad, "--model", model_file], "not a valid TIFF")
+
+
+def test_non_image_file(capsys, tmp_path, model_file):
+    txt = tmp_path / "notes.csv"
+    txt.write_text("a,b\n1,2\n")
+    assert_clean_failure(capsys, tmp_path, [txt, "--model", model_file], "unsupported format")
+    fake_png = tmp_path / "fake.png"
+    fake_png.write_text("this is text")
+    assert_clean_failure(capsys, tmp_path, [fake_png, "--model", model_file], "not a valid image")
+
+
+def test_channel_count_mismatch(capsys, tmp_path, model_file):
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    assert_clean_failure(capsys, tmp_path, [rgb, "--model", model_file],
+                         "has 3 channel(s)")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_inf_pixels(capsys, tmp_path, model_file, value):
+    img = np.ones((64, 64), np.float32)
+    img[10, 10] = value
+    path = tmp_path / "nan.tif"
+    tifffile.imwrite(path, img)
+    assert_clean_failure(capsys, tmp_path, [path, "--model", model_file], "NaN or infinite")
+
+
+@pytest.mark.parametrize("shape,pattern", [((0, 10), "empty"), ((1, 1), "at least 2x2"),
+                                           ((1, 500), "at least 2x2")])
+def test_empty_or_one_pixel_image(capsys, tmp_path, model_file, shape, pattern):
+    path = tmp_path / "tiny.npy"
+    np.save(path, np.zeros(shape, np.uint8))
+    assert_clean_failure(capsys, tmp_path, [path, "--model", model_file], pattern)
+
+
+def test_tile_smaller_than_network_minimum(capsys, tmp_path, model_file, good_tif):
+    assert_clean_failure(capsys, tmp_path, [good_tif, "--model", model_file, "--tile", "8"],
+                         "smaller than this network's minimum")
+
+
+def test_output_exists_is_refused_then_overwritten_with_consent(capsys, tmp_path, model_file,
+                                                                good_tif):
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"precious")
+    code, err = run_cli(capsys, good_tif, "--model", model_file, "--output", out)
+    assert code == 2 and "exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+    code, err = run_cli(capsys, good_tif, "--model", model_file, "--output", out, "--overwrite")
+    assert code == 0, err
+    assert tifffile.imread(out).shape == (150, 170)
+
+
+def test_model_file_that_is_a_pickle(capsys, tmp_path, good_tif):
+    fake = tmp_path / "model.safetensors"
+    fake.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    assert_clean_failure(capsys, tmp_path, [good_tif, "--model", fake], "not a napari-semseg model")
+
+
+def test_model_file_missing(capsys, tmp_path, good_tif):
+    assert_clean_failure(capsys, tmp_path, [good_tif, "--model", tmp_path / "none.safetensors"],
+                         "does not exist")
+
+
+def test_unknown_output_format(capsys, tmp_path, model_file, good_tif):
+    code = main(["predict", str(good_tif), "--model", str(model_file), "--output",
+                 str(tmp_path / "out.h5")])
+    err = capsys.readouterr().err
+    assert code == 2 and "must end in .zarr" in err
+
+
+def test_console_script_prints_one_line(tmp_path, model_file):
+    proc = subprocess.run([sys.executable, "-m", "napari_semseg", "predict", str(tmp_path / "x.tif"),
+                           "--model", str(model_file), "--output", str(tmp_path / "o.zarr")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
