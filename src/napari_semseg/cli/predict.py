@@ -70,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     inputs = expand_inputs(args.inputs)
     output = Path(args.output)
-    many = len(inputs) > 1 or output.suffix.lower() not in (".zarr", ".tif", ".tiff")
+    is_file_output = output.name.lower().endswith((".zarr", ".tif", ".tiff"))
+    if not is_file_output and output.suffix and not output.is_dir():
+        raise SemSegError(f"output {output} must end in .zarr, .ome.zarr, .tif or .tiff, or be a "
+                          "folder")
+    many = len(inputs) > 1 or not is_file_output
     if many:
         if output.exists() and not output.is_dir():
             raise SemSegError(f"--output {output} must be a folder when segmenting several inputs")
