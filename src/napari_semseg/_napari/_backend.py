@@ -1,0 +1,24 @@
+"""Import the deep-learning stack once, on the main thread, when a widget is created.
+
+Two reasons. (1) With Mesa software OpenGL (Xvfb, remote desktops) importing triton after the
+viewer's OpenGL context exists segfaults unless it is loaded with RTLD_DEEPBIND first;
+:func:`napari_semseg.core.models._smp` does that before importing segmentation-models-pytorch
+(which pulls in torchvision and triton). (2) Importing these packages holds the GIL for seconds:
+done inside a worker thread it would freeze the viewer in the middle of a job, so it is done
+here, before any job starts. Nothing in ``_napari`` imports smp, torchvision or timm directly.
+"""
+
+from __future__ import annotations
+
+_loaded = False
+
+
+def load_backend() -> None:
+    """Import torch, smp (after the triton guard) and the core job modules."""
+    global _loaded
+    if _loaded:
+        return
+    from ..core import models, predict  # noqa: F401  (torch; models runs the triton guard)
+
+    models._smp()  # preload_triton() then import segmentation_models_pytorch
+    _loaded = True

@@ -1,0 +1,201 @@
+"""Result layers of a segmentation run, filled chunk by chunk on the main thread.
+
+Small results live in numpy arrays owned by the layers. Large ones (more than ``LAZY_PIXELS``)
+are written by the engine into an OME-Zarr store under ``<store>.partial``; the layers show that
+store lazily (zarr arrays read on demand; no dask graph, so napari's dask cache cannot show stale
+chunks) and are refreshed as chunks arrive. When the run completes the store is renamed by the
+engine and the labels layer is swapped for the finished multiscale pyramid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.progress import ChunkResult
+from ._layers import KEY, class_colormap, class_features, owned_layers, put_layer
+
+
+class ResultLayers:
+    """Create, fill and finalize the labels / probabilities / uncertainty layers of one run.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    source_layer
+        The image layer segmented (its ``unique_id`` tags the result layers).
+    plane_dims, plane_shape
+        Leading (Z/T) axes and (Y, X) of the output.
+    meta
+        The model's :class:`~napari_semseg.core.models.ModelMetadata`.
+    spatial
+        scale/translate/axis labels/units for a layer of the output's dimensions.
+    extra
+        Metadata stored in every result layer (e.g. geo tags, model description).
+    """
+
+    def __init__(self, viewer: Any, source_layer: Any, plane_dims: tuple[int, ...],
+                 plane_shape: tuple[int, int], meta: Any, spatial: dict[str, Any], *,
+                 probabilities: bool, uncertainty: bool, store: Path | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.viewer, self.source = viewer, source_layer
+        self.source_id = str(source_layer.unique_id)
+        self.plane_dims, self.plane_shape = tuple(plane_dims), tuple(plane_shape)
+        self.meta, self.spatial = meta, spatial
+        self.want_prob, self.want_unc = probabilities, uncertainty
+        self.store = store
+        self.extra = dict(extra or {})
+        self.layers: dict[str, Any] = {}
+        self.arrays: dict[str, Any] = {}
+        self.chunks_received = 0
+        self.dirty: set[str] = set()
+        self.name = source_layer.name
+        self.label_dtype = np.uint8 if meta.classes < 256 else np.uint16
+
+    # creation --------------------------------------------------------------------------------
+    def _marker(self, role: str) -> dict[str, Any]:
+        return {KEY: {"role": role, "source": self.source_id, "complete": False,
+                      "class_names": list(self.meta.class_names),
+                      "class_colors": list(self.meta.class_colors),
+                      **({"store": str(self.store)} if self.store else {}), **self.extra}}
+
+    def _class_axis_spatial(self) -> dict[str, Any]:
+        sp = {k: list(v) for k, v in self.spatial.items()}
+        n = len(self.plane_dims)
+        sp["scale"].insert(n, 1.0)
+        sp["translate"].insert(n, 0.0)
+        if "axis_labels" in sp:
+            sp["axis_labels"].insert(n, "class")
+        if "units" in sp:
+            sp["units"].insert(n, "pixel")
+        return sp
+
+    def create_in_memory(self) -> None:
+        """Allocate numpy results and add the layers at once (before any chunk is ready)."""
+        shape = self.plane_dims + self.plane_shape
+        arrays = {"labels": np.zeros(shape, self.label_dtype)}
+        if self.want_prob:
+            arrays["probabilities"] = np.zeros(
+                self.plane_dims + (self.meta.classes,) + self.plane_shape, np.uint8)
+        if self.want_unc:
+            arrays["uncertainty"] = np.zeros(shape, np.uint8)
+        self._add_layers(arrays)
+
+    def create_from_store(self, root: Any) -> None:
+        """Show the engine's partial zarr store lazily."""
+        arrays = {"labels": root["0"]}
+        if self.want_prob:
+            arrays["probabilities"] = root["probabilities/0"]
+        if self.want_unc:
+            arrays["uncertainty"] = root["uncertainty/0"]
+        self._add_layers(arrays)
+
+    def _add_layers(self, arrays: dict[str, Any]) -> None:
+        from napari.layers import Image, Labels
+
+        self.arrays = arrays
+        for role in ("probabilities", "uncertainty"):  # stale outputs of an earlier run
+            if role not in arrays:
+                for layer in owned_layers(self.viewer, role, self.source_id):
+                    self.viewer.layers.remove(layer)
+        if "probabilities" in arrays:
+            layer = Image(arrays["probabilities"], name=f"{self.name} probabilities",
+                          colormap="viridis", contrast_limits=(0, 255), visible=False,
+                          metadata=self._marker("probabilities"), **self._class_axis_spatial())
+            self.layers["probabilities"] = put_layer(self.viewer, layer, "probabilities",
+                                                     self.source_id)
+        if "uncertainty" in arrays:
+            layer = Image(arrays["uncertainty"], name=f"{self.name} uncertainty",
+                          colormap="magma", contrast_limits=(0, 255), opacity=0.7,
+                          blending="additive", metadata=self._marker("uncertainty"),
+                          **self.spatial)
+            self.layers["uncertainty"] = put_layer(self.viewer, layer, "uncertainty",
+                                                   self.source_id)
+        labels = Labels(arrays["labels"], name=f"{self.name} labels", opacity=0.6,
+                        colormap=class_colormap(self.meta.class_colors),
+                        features=class_features(self.meta.class_names),
+                        metadata=self._marker("labels"), **self.spatial)
+        self.layers["labels"] = put_layer(self.viewer, labels, "labels", self.source_id)
+
+    # filling ---------------------------------------------------------------------------------
+    def _index(self, plane: int) -> tuple[int, ...]:
+        if not self.plane_dims:
+            return ()
+        return tuple(int(i) for i in np.unravel_index(plane, self.plane_dims))
+
+    def write(self, chunk: ChunkResult) -> None:
+        """Paint one finished chunk (in memory) or note that the store has it (lazy)."""
+        self.chunks_received += 1
+        self.dirty.update(self.layers)
+        if self.store is not None:
+            return  # the engine wrote it into the store the layers show
+        idx = self._index(chunk.plane)
+        rows, cols = chunk.region
+        self.arrays["labels"][idx + (rows, cols)] = chunk.labels
+        if "probabilities" in self.arrays and chunk.probabilities is not None:
+            self.arrays["probabilities"][idx + (slice(None), rows, cols)] = chunk.probabilities
+        if "uncertainty" in self.arrays and chunk.uncertainty is not None:
+            self.arrays["uncertainty"][idx + (rows, cols)] = chunk.uncertainty
+
+    def refresh(self) -> None:
+        """Redraw layers that received chunks since the last refresh."""
+        for role in list(self.dirty):
+            layer = self.layers.get(role)
+            if layer is not None and layer in self.viewer.layers:
+                layer.refresh()
+        self.dirty.clear()
+
+    # endings ---------------------------------------------------------------------------------
+    def complete(self, result: Any) -> None:
+        """Mark the layers complete; for a store, show the finished (renamed) pyramid."""
+        if self.store is not None and getattr(result, "path", None) is not None:
+            self._swap_to_final(Path(result.path))
+        for layer in self.layers.values():
+            if layer in self.viewer.layers:
+                layer.metadata[KEY]["complete"] = True
+                layer.refresh()
+
+    def _swap_to_final(self, path: Path) -> None:
+        import zarr
+        from napari.layers import Image, Labels
+
+        root = zarr.open_group(str(path), mode="r")
+        levels = [d["path"] for d in root.attrs["multiscales"][0]["datasets"]]
+        data = [root[lv] for lv in levels]
+        old = self.layers["labels"]
+        meta = dict(old.metadata)
+        meta[KEY] = dict(meta[KEY], store=str(path))
+        labels = Labels(data if len(data) > 1 else data[0], name=old.name, opacity=old.opacity,
+                        colormap=class_colormap(self.meta.class_colors),
+                        features=class_features(self.meta.class_names), metadata=meta,
+                        **self.spatial)
+        self.layers["labels"] = put_layer(self.viewer, labels, "labels", self.source_id)
+        for role, key in (("probabilities", "probabilities/0"), ("uncertainty", "uncertainty/0")):
+            old = self.layers.get(role)
+            if old is None:
+                continue
+            meta = dict(old.metadata)
+            meta[KEY] = dict(meta[KEY], store=str(path))
+            kwargs = self._class_axis_spatial() if role == "probabilities" else self.spatial
+            layer = Image(root[key], name=old.name, colormap=old.colormap.name,
+                          contrast_limits=(0, 255), visible=old.visible, opacity=old.opacity,
+                          blending=old.blending, metadata=meta, **kwargs)
+            self.layers[role] = put_layer(self.viewer, layer, role, self.source_id)
+
+    def abandon(self) -> None:
+        """After a cancel or an error: drop empty layers; mark partial ones as incomplete."""
+        for role, layer in list(self.layers.items()):
+            if layer not in self.viewer.layers:
+                continue
+            if self.chunks_received == 0:
+                self.viewer.layers.remove(layer)
+                continue
+            layer.metadata[KEY]["complete"] = False
+            if not layer.name.endswith("(incomplete)"):
+                layer.name = f"{layer.name} (incomplete)"
+            layer.refresh()
+        if self.chunks_received == 0:
+            self.layers.clear()

@@ -1,0 +1,272 @@
+"""The Segment widget: segment an image layer with a model, tile by tile, without freezing.
+
+Every check runs on the main thread before anything starts (cheap: headers and shapes only);
+the model is loaded and the image segmented by :func:`napari_semseg.core.predict.iter_segment`
+in a napari thread worker. Finished chunks arrive on the main thread and are painted into the
+result layers, which appear at once (large images: backed by an OME-Zarr store on disk).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._backend import load_backend
+
+load_backend()  # torch + smp on the main thread, triton guarded (see _backend)
+
+from ..core.errors import SemSegError  # noqa: E402
+from ..core.io import open_image  # noqa: E402
+from ..core.predict import iter_segment  # noqa: E402
+from ..core.progress import PredictProgress  # noqa: E402
+from ..core.settings import PredictSettings  # noqa: E402
+from ._fields import DeviceField, LayerCombo, ModelField, StatusLine  # noqa: E402
+from ._form import SettingsForm  # noqa: E402
+from ._jobs import Job, Outcome  # noqa: E402
+from ._layers import KEY, base_data, channel_axis_of, geo_tags_of, spatial_kwargs  # noqa: E402
+from ._outputs import ResultLayers  # noqa: E402
+
+LAZY_PIXELS = 64 * 2**20  # larger outputs are written to a zarr store and shown lazily
+REFRESH_MS = 250  # coalesce layer redraws
+
+
+def cache_dir() -> Path:
+    """Folder for the zarr stores of large results (kept after napari closes)."""
+    path = Path(tempfile.gettempdir()) / "napari-semseg"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class SegmentWidget(QWidget):
+    """Segment an image layer; the Labels layer fills tile by tile.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        from napari.layers import Image
+
+        self.viewer = napari_viewer
+        self.lazy_pixels = LAZY_PIXELS
+        self.job: Job | None = None
+        self.results: ResultLayers | None = None
+        self._pbar: Any = None
+        self._started = 0.0
+
+        self.image = LayerCombo(napari_viewer, Image)
+        self.image.setObjectName("image")
+        self.image.setToolTip("the image layer to segment")
+        self.model = ModelField(napari_viewer)
+        self.model_info = QLabel()
+        self.model_info.setObjectName("model_info")
+        self.model_info.setWordWrap(True)
+        self.device = DeviceField()
+        self.form = SettingsForm(PredictSettings,
+                                 ["tile", "overlap", "batch_size", "probabilities",
+                                  "uncertainty"])
+        self.run_button = QPushButton("Segment")
+        self.run_button.setObjectName("run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = StatusLine()
+
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        form.addRow("model", self.model)
+        form.addRow("", self.model_info)
+        form.addRow("device", self.device)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh)
+
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.model.changed.connect(self._model_changed)
+        self.image.currentIndexChanged.connect(self._image_changed)
+        self._image_changed()
+        self._model_changed()
+
+    # field reactions -------------------------------------------------------------------------
+    def _image_changed(self, *_: Any) -> None:
+        """Images from the bundled samples pick their matching model."""
+        layer = self.image.layer()
+        hint = (layer.metadata.get(KEY, {}) or {}).get("model") if layer is not None else None
+        if hint:
+            if not self.model.select(("file", str(hint))):
+                self.model.set_file(hint)
+
+    def _model_changed(self) -> None:
+        self.model_info.setText(self.model.describe())
+
+    # running ---------------------------------------------------------------------------------
+    def _plan(self) -> dict[str, Any]:
+        """Check everything the user chose; raise SemSegError with a one-line fix otherwise."""
+        layer = self.image.layer()
+        if layer is None:
+            raise SemSegError("no image layer: open an image (File > Open) or a sample "
+                              "(File > Open Sample > napari-semseg) first")
+        meta = self.model.metadata()
+        source = open_image(base_data(layer), channel_axis_of(layer),
+                            expected_channels=meta.in_channels)
+        self.device.check()
+        settings = PredictSettings(device=self.device.device, **self.form.values()).validated()
+        channel = None if getattr(layer, "rgb", False) else source.channel_axis
+        n_pixels = math.prod(source.output_shape)
+        store = None
+        if n_pixels > self.lazy_pixels:
+            store = cache_dir() / f"{layer.name[:40]}-{uuid.uuid4().hex[:8]}.zarr".replace(" ", "_")
+        return {"layer": layer, "meta": meta, "source": source, "settings": settings,
+                "spatial": spatial_kwargs(layer, channel), "store": store,
+                "geo_tags": geo_tags_of(layer), "loader": self.model.loader()}
+
+    def run(self) -> Job | None:
+        """Start segmenting (returns the job, or None after showing why it cannot start)."""
+        if self.job is not None and self.job.running:
+            self.status.error("a segmentation is already running; cancel it first")
+            return None
+        try:
+            plan = self._plan()
+        except SemSegError as exc:
+            self.status.error(str(exc))
+            return None
+        meta, source = plan["meta"], plan["source"]
+        extra = {"model": f"{meta.arch}/{meta.encoder}"}
+        if plan["geo_tags"]:
+            extra["geo_tags"] = plan["geo_tags"]
+        self.results = ResultLayers(
+            self.viewer, plan["layer"], source.plane_dims, source.plane_shape, meta,
+            plan["spatial"], probabilities=plan["settings"].probabilities,
+            uncertainty=plan["settings"].uncertainty, store=plan["store"], extra=extra)
+        if plan["store"] is None:
+            self.results.create_in_memory()
+        loader, settings, store = plan["loader"], plan["settings"], plan["store"]
+
+        def job(should_stop):
+            yield PredictProgress(0, 0, message="loading the model")
+            model = loader()
+            return (yield from iter_segment(source, model, settings, output=store,
+                                            should_stop=should_stop))
+
+        self._set_running(True)
+        self.status.info("loading the model…")
+        self._started = time.perf_counter()
+        self.job = Job(job, self._on_event, self._on_done).start()
+        return self.job
+
+    def cancel(self) -> None:
+        """Stop the running segmentation after the current batch."""
+        if self.job is not None and self.job.running:
+            self.job.stop()
+            self.status.info("cancelling…")
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        for w in (self.image, self.model, self.device, self.form):
+            w.setEnabled(not running)
+
+    def _on_event(self, event: PredictProgress) -> None:
+        results = self.results
+        if results is None:
+            return
+        if event.total and self._pbar is None:
+            from napari.utils import progress
+
+            self._pbar = progress(total=event.total, desc="napari-semseg: segment")
+            self.progress.setRange(0, event.total)
+        if results.store is not None and not results.layers and event.total:
+            import zarr
+
+            partial = results.store.with_name(results.store.name + ".partial")
+            results.create_from_store(zarr.open_group(str(partial), mode="r"))
+        for chunk in event.chunks:
+            results.write(chunk)
+        if event.total:
+            self.progress.setValue(event.done)
+            if self._pbar is not None:
+                self._pbar.update(event.done - self._pbar.n)
+            self.status.info(f"{event.done}/{event.total} tiles · {event.message}")
+        elif event.message:
+            self.status.info(event.message)
+        if results.dirty and not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def _refresh(self) -> None:
+        if self.results is not None:
+            self.results.refresh()
+
+    def _on_done(self, outcome: Outcome) -> None:
+        self._refresh_timer.stop()
+        results = self.results
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        seconds = time.perf_counter() - self._started
+        if outcome.ok and results is not None:
+            results.complete(outcome.result)
+            self.progress.setValue(self.progress.maximum())
+            where = f" → {results.store}" if results.store else ""
+            self.status.info(f"done in {seconds:.1f} s{where}")
+        else:
+            if results is not None:
+                results.abandon()
+            self.progress.setValue(0)
+            if outcome.cancelled:
+                self.status.info("cancelled; the unfinished result is marked (incomplete)"
+                                 if results is not None and results.layers else "cancelled")
+            else:
+                self.status.error(outcome.error or "segmentation failed")
+        self._set_running(False)
+
+    # lifetime --------------------------------------------------------------------------------
+    def wait(self, timeout: float = 60.0) -> None:
+        """Block (processing Qt events) until the running job ended; for scripts and tests."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self.job is not None and self.job.running:
+            if time.monotonic() > end:
+                raise TimeoutError("segmentation did not finish in time")
+            QApplication.processEvents()
+            time.sleep(0.005)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        if self.job is not None and self.job.running:
+            self.job.stop()
+        self.image.disconnect_viewer()
+        super().closeEvent(event)
