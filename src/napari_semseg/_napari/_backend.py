@@ -5,7 +5,8 @@ viewer's OpenGL context exists segfaults unless it is loaded with RTLD_DEEPBIND 
 :func:`napari_semseg.core.models._smp` does that before importing segmentation-models-pytorch
 (which pulls in torchvision and triton). (2) Importing these packages holds the GIL for seconds:
 done inside a worker thread it would freeze the viewer in the middle of a job, so it is done
-here, before any job starts. Nothing in ``_napari`` imports smp, torchvision or timm directly.
+here, before any job starts (pandas too: napari imports it for the first layer with features,
+which would otherwise stall the first Segment click). Nothing in ``_napari`` imports smp, torchvision or timm directly.
 """
 
 from __future__ import annotations
@@ -21,4 +22,9 @@ def load_backend() -> None:
     from ..core import models, predict  # noqa: F401  (torch; models runs the triton guard)
 
     models._smp()  # preload_triton() then import segmentation_models_pytorch
+    import numpy as np
+    import pandas  # noqa: F401  (napari imports it on the first layer with features: 0.3 s)
+    from napari.layers import Labels
+
+    Labels(np.zeros((2, 2), np.uint8))  # napari's one-time colormap set-up (0.3 s) happens now
     _loaded = True

@@ -146,11 +146,12 @@ class ModelField(QWidget):
 
     changed = Signal()
 
-    def __init__(self, viewer: Any, *, allow_new: bool = False,
+    def __init__(self, viewer: Any, *, allow_new: bool = False, follow_trained: bool = True,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.allow_new = allow_new
+        self.follow_trained = follow_trained
         self.combo = QComboBox()
         self.combo.setObjectName("model")
         self.combo.setSizeAdjustPolicy(
@@ -198,7 +199,8 @@ class ModelField(QWidget):
 
     def _on_trained(self, name: str) -> None:
         self.refresh()
-        self.select(("trained", name))
+        if self.follow_trained:  # the Segment widget offers the newest model at once
+            self.select(("trained", name))
 
     def choice(self) -> tuple[str, Any] | None:
         i = self.combo.currentIndex()

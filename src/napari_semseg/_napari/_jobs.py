@@ -10,6 +10,8 @@ messages; unexpected errors are logged with their traceback and shown as one lin
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -18,6 +20,24 @@ from typing import Any
 from ..core.errors import Cancelled, SemSegError
 
 log = logging.getLogger("napari_semseg")
+WORKER_NICE = 10  # niceness of job threads (Linux), so the viewer's thread wins the CPU
+
+
+def lower_thread_priority(nice: int = WORKER_NICE) -> None:
+    """Lower the priority of the calling thread and of the threads it starts (Linux only).
+
+    The compute threads of a job (torch's intra-op pool created from this thread, the tile
+    prefetcher) then yield the CPU to the viewer's main thread, which keeps the viewer
+    responsive on machines with few cores. Elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError):
+        pass
 
 
 @dataclass
@@ -76,6 +96,7 @@ class Job:
         self._on_done = on_done
 
         def run() -> Generator[Any, None, Outcome]:
+            lower_thread_priority()
             return (yield from guarded(lambda: job(self.stop_event.is_set)))
 
         self.worker = create_worker(run, _start_thread=False)

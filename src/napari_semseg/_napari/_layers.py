@@ -96,6 +96,29 @@ def channel_axis_of(layer: Any) -> int | None:
     return base_data(layer).ndim - 1 if getattr(layer, "rgb", False) else None
 
 
+def layer_source(layer: Any, expected_channels: int | None = None) -> Any:
+    """The :class:`~napari_semseg.core.io.ImageSource` of an image layer, as napari shows it.
+
+    RGB layers have their channels last. Other layers are stacks for napari (every leading axis
+    is a slider), so when the layout is ambiguous (a short first axis and no model to say how
+    many channels it wants) the leading axes are taken as Z/T, not as channels.
+    """
+    from ..core.errors import SemSegError
+    from ..core.io import ImageSource, infer_channel_axis, open_image
+
+    data = base_data(layer)
+    if getattr(layer, "rgb", False):
+        return open_image(data, data.ndim - 1, expected_channels=expected_channels)
+    shape = tuple(int(s) for s in data.shape)
+    try:
+        axis = infer_channel_axis(shape, expected_channels)
+    except SemSegError:
+        if expected_channels is not None:
+            raise
+        axis = None
+    return open_image(ImageSource(data, axis), expected_channels=expected_channels)
+
+
 def spatial_kwargs(layer: Any, channel_axis: int | None = None) -> dict[str, Any]:
     """scale/translate/axis labels/units of ``layer`` for a layer without its channel axis.
 

@@ -31,14 +31,13 @@ from ._backend import load_backend
 load_backend()  # torch + smp on the main thread, triton guarded (see _backend)
 
 from ..core.errors import SemSegError  # noqa: E402
-from ..core.io import open_image  # noqa: E402
 from ..core.predict import iter_segment  # noqa: E402
 from ..core.progress import PredictProgress  # noqa: E402
 from ..core.settings import PredictSettings  # noqa: E402
 from ._fields import DeviceField, LayerCombo, ModelField, StatusLine  # noqa: E402
 from ._form import SettingsForm  # noqa: E402
 from ._jobs import Job, Outcome  # noqa: E402
-from ._layers import KEY, base_data, channel_axis_of, geo_tags_of, spatial_kwargs  # noqa: E402
+from ._layers import KEY, geo_tags_of, layer_source, spatial_kwargs  # noqa: E402
 from ._outputs import ResultLayers  # noqa: E402
 
 LAZY_PIXELS = 64 * 2**20  # larger outputs are written to a zarr store and shown lazily
@@ -141,8 +140,7 @@ class SegmentWidget(QWidget):
             raise SemSegError("no image layer: open an image (File > Open) or a sample "
                               "(File > Open Sample > napari-semseg) first")
         meta = self.model.metadata()
-        source = open_image(base_data(layer), channel_axis_of(layer),
-                            expected_channels=meta.in_channels)
+        source = layer_source(layer, meta.in_channels)
         self.device.check()
         settings = PredictSettings(device=self.device.device, **self.form.values()).validated()
         channel = None if getattr(layer, "rgb", False) else source.channel_axis

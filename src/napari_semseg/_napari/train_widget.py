@@ -33,7 +33,6 @@ from ._backend import load_backend
 load_backend()  # torch + smp on the main thread, triton guarded (see _backend)
 
 from ..core.errors import SemSegError  # noqa: E402
-from ..core.io import open_image  # noqa: E402
 from ..core.models import ARCHITECTURES, save_model  # noqa: E402
 from ..core.predict import iter_segment  # noqa: E402
 from ..core.settings import PredictSettings, TrainSettings  # noqa: E402
@@ -43,11 +42,11 @@ from ._jobs import Job, Outcome  # noqa: E402
 from ._layers import (  # noqa: E402
     KEY,
     base_data,
-    channel_axis_of,
     class_colormap,
     class_features,
     default_colors,
     layer_classes,
+    layer_source,
     put_layer,
     spatial_kwargs,
 )
@@ -109,7 +108,7 @@ class TrainWidget(QWidget):
         self.class_names.setObjectName("class_names")
         self.class_names.setToolTip("class names for a new annotation layer, comma separated "
                                     "(label 1 is the first name)")
-        self.base_model = ModelField(napari_viewer, allow_new=True)
+        self.base_model = ModelField(napari_viewer, allow_new=True, follow_trained=False)
         self.arch = QComboBox()
         self.arch.setObjectName("arch")
         self.arch.addItems(sorted(ARCHITECTURES))
@@ -216,7 +215,7 @@ class TrainWidget(QWidget):
                               "'background, cell')")
             return None
         try:
-            source = open_image(base_data(layer), channel_axis_of(layer))
+            source = layer_source(layer)
         except SemSegError as exc:
             self.status.error(str(exc))
             return None
@@ -253,8 +252,7 @@ class TrainWidget(QWidget):
             meta = continue_from.metadata
         elif not self.base_model.is_new():
             meta = self.base_model.metadata()
-        source = open_image(base_data(image), channel_axis_of(image),
-                            expected_channels=meta.in_channels if meta is not None else None)
+        source = layer_source(image, meta.in_channels if meta is not None else None)
         ann_data = base_data(ann)
         if tuple(ann_data.shape) != tuple(source.output_shape):
             raise SemSegError(f"annotation layer '{ann.name}' has shape {tuple(ann_data.shape)} "

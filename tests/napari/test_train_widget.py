@@ -1,0 +1,132 @@
+"""The Train widget: strokes in, a better model out, the strokes untouched, the viewer alive."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def mean_iou(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
+    ious = []
+    for k in range(1, classes + 1):
+        inter = np.logical_and(pred == k, truth == k).sum()
+        union = np.logical_or(pred == k, truth == k).sum()
+        if union:
+            ious.append(inter / union)
+    return float(np.mean(ious))
+
+
+def _open_training_sample(viewer, h):
+    image, strokes = viewer.open_sample("napari-semseg", "em_training")
+    w = h.dock(viewer, "Train")
+    w.image.select(image)
+    w.annotations.select(strokes)
+    return w, image, strokes
+
+
+def test_training_from_strokes_beats_an_untrained_model(viewer, h, monkeypatch):
+    import tifffile
+    import torch
+
+    from napari_semseg import build_model, segment
+
+    w, image, strokes = _open_training_sample(viewer, h)
+    before = np.array(strokes.data, copy=True)
+    seg = h.dock(viewer, "Segment")
+    w.form.set(time_budget=25.0)
+    with h.Heartbeat() as hb:
+        job = w.train()
+        assert job is not None, w.status.text()
+        assert not w.train_button.isEnabled() and w.stop_button.isEnabled()
+        h.wait_until(lambda: w.events_seen > 0 or not job.running, timeout=60)
+        # a stroke painted while training goes to the trainer as a copy, from the next epoch
+        sent = []
+        original = w.feed.update
+        monkeypatch.setattr(w.feed, "update", lambda a: (sent.append(a), original(a)))
+        strokes.paint((300, 300), 2)
+        after_paint = np.array(strokes.data, copy=True)
+        h.wait_until(lambda: bool(sent) or not job.running, timeout=30)
+        w.wait(timeout=120)
+    assert job.outcome.ok, w.status.text()
+    assert sent and np.array_equal(sent[0], after_paint)
+    assert not np.shares_memory(sent[0], strokes.data)
+    # the plugin never modified the annotation layer (only the user's own stroke changed it)
+    assert np.array_equal(np.asarray(strokes.data), after_paint)
+    assert (after_paint != before).sum() == (after_paint[before != after_paint] == 2).sum()
+    assert w.train_button.isEnabled() and w.continue_button.isEnabled()
+    assert w.save_button.isEnabled()
+    assert len(w.plot.loss) > 3
+    # live preview: a plugin layer over the field of view
+    previews = [ly for ly in viewer.layers
+                if (ly.metadata.get("napari_semseg") or {}).get("role") == "preview"]
+    h.wait_until(lambda: not w.preview_job.running, timeout=30)
+    previews = [ly for ly in viewer.layers
+                if (ly.metadata.get("napari_semseg") or {}).get("role") == "preview"]
+    assert len(previews) == 1 and (np.asarray(previews[0].data) > 0).all()
+
+    # the trained model is offered by the Segment widget at once
+    assert seg.model.choice() == ("trained", w.model_name)
+    # better than an untrained model of the same kind on a held-out slice
+    held_out = tifffile.imread(h.sample("em.tif"))
+    truth = tifffile.imread(h.sample("em_labels.tif"))
+    trained = mean_iou(np.asarray(segment(held_out, w.model).labels), truth, 2)
+    meta = w.model.metadata
+    torch.manual_seed(0)
+    untrained_model = build_model(meta.arch, meta.encoder, meta.in_channels, meta.classes,
+                                  normalization=meta.normalization, **meta.arch_kwargs)
+    untrained = mean_iou(np.asarray(segment(held_out, untrained_model).labels), truth, 2)
+    assert trained > untrained + 0.1, (trained, untrained)
+    assert trained > 0.5, trained
+    summary = hb.summary()
+    h.record_responsiveness("train on EM strokes (25 s budget, live preview)", summary)
+    assert summary["max_gap_ms"] < h.MAX_GAP_MS, summary
+
+
+def test_stop_continue_and_save(viewer, h, tmp_path):
+    from napari_semseg import load_model
+
+    w, image, strokes = _open_training_sample(viewer, h)
+    before = np.array(strokes.data, copy=True)
+    w.form.set(time_budget=300.0)
+    w.live_preview.setChecked(False)
+    job = w.train()
+    assert job is not None, w.status.text()
+    h.wait_until(lambda: w.events_seen >= 2 or not job.running, timeout=60)
+    w.stop()
+    w.wait(timeout=60)
+    assert job.outcome.ok and w.model is not None  # the best model so far
+    assert w.train_button.isEnabled() and not w.stop_button.isEnabled()
+    first = w.model_name
+    steps = len(w.plot.loss)
+    job = w.continue_training()
+    assert job is not None, w.status.text()
+    h.wait_until(lambda: w.events_seen >= 2 or not job.running, timeout=60)
+    w.stop()
+    w.wait(timeout=60)
+    assert job.outcome.ok
+    assert len(w.plot.loss) > steps  # the plot continues
+    assert w.plot.loss[-1][0] > w.plot.loss[steps - 1][0]
+    from napari_semseg._napari._registry import trained_models
+
+    names = trained_models(viewer).names()
+    assert first in names and w.model_name in names
+    assert np.array_equal(np.asarray(strokes.data), before)
+    path = tmp_path / "mine.safetensors"
+    assert w.save_model_to(str(path))
+    loaded = load_model(path)
+    assert loaded.metadata.class_names == ["membrane", "interior"]
+
+
+def test_new_annotation_layer_matches_the_image(viewer, h):
+    image = viewer.add_image(np.zeros((3, 64, 80), np.uint8), name="stack",
+                             scale=(2.0, 0.5, 0.5), translate=(1.0, 2.0, 3.0))
+    w = h.dock(viewer, "Train")
+    w.image.select(image)
+    w.class_names.setText("cell, nucleus, background")
+    ann = w.new_annotation_layer()
+    assert ann.data.shape == (3, 64, 80) and not ann.data.any()
+    assert ann.scale.tolist() == [2.0, 0.5, 0.5] and ann.translate.tolist() == [1.0, 2.0, 3.0]
+    assert list(ann.features["class"])[1:] == ["cell", "nucleus", "background"]
+    assert w.annotations.layer() is ann and ann.mode == "paint"
