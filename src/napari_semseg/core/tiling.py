@@ -5,15 +5,18 @@ that it ends at the image edge rounded up to the stride. Every tile origin is a 
 stride, so each tile sees the same downsampling grid as a whole-image pass would, and its only
 padding is the same reflect padding (less than one stride) a whole-image pass needs.
 
-Neighbouring tiles blend over a band of ``overlap`` pixels with complementary cos²/sin² ramps, so
-the weights of all tiles covering a pixel sum to exactly one: accumulating ``weight * probability``
-per output chunk is all the blending needs, no weight-sum buffer.
+Neighbouring tiles share a band of ``overlap`` pixels. Inside the band, the outermost ``margin``
+pixels of each tile get weight zero (they lack context: a convolution there sees the tile's zero
+padding instead of the neighbouring pixels) and the rest is blended with complementary cos²/sin²
+ramps. The weights of all tiles covering a pixel therefore sum to exactly one, and accumulating
+``weight * probability`` per output chunk is all the blending needs (no weight-sum buffer).
+``margin = overlap / 2`` degenerates to cropping each tile at the middle of the band.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 
 import numpy as np
@@ -22,51 +25,93 @@ from .errors import SemSegError
 
 
 def round_up(n: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``n``."""
     return int(math.ceil(n / multiple) * multiple)
+
+
+def default_margin(overlap: int) -> int:
+    """Zero-weight margin used inside an overlap band: a quarter of it (see module docs)."""
+    return overlap // 4
+
+
+def ramp(n: int) -> np.ndarray:
+    """``n`` increasing weights in (0, 1) whose mirror image sums with them to one (sin²)."""
+    t = (np.arange(n, dtype=np.float64) + 0.5) / n
+    return (np.sin(0.5 * np.pi * t) ** 2).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class AxisTiles:
-    """Tiles along one axis: ``origins[i]`` to ``origins[i] + size``; the image has ``length``."""
+    """Tiles along one axis: ``origins[i]`` to ``origins[i] + size``; the image has ``length``.
+
+    ``overlap`` is the blending band between neighbours and ``margin`` the zero-weight part of
+    the band at each tile's edge.
+    """
 
     length: int
     size: int
     origins: tuple[int, ...]
     overlap: int
+    margin: int = 0
+    _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def band(self, i: int) -> tuple[int, int]:
+        """Image coordinates ``[start, stop)`` of the band that tile ``i`` shares with tile i-1."""
+        prev_end = self.origins[i - 1] + self.size
+        return prev_end - self.overlap, prev_end
 
     def weights(self, i: int) -> np.ndarray:
-        """Blending weights of tile ``i`` (length ``size``); zero beyond the image edge."""
+        """Blending weights of tile ``i`` (length ``size``, float32); zero beyond the image."""
+        if i in self._cache:
+            return self._cache[i]
         w = np.ones(self.size, np.float32)
-        o = self.origins[i]
-        if i > 0:  # ramp up over the last `overlap` pixels of the previous tile
-            prev_end = self.origins[i - 1] + self.size
-            start, stop = prev_end - self.overlap - o, prev_end - o
-            w[:start] = 0.0
-            t = (np.arange(start, stop) - start + 0.5) / self.overlap
-            w[start:stop] = np.sin(0.5 * np.pi * t) ** 2
-        if i < len(self.origins) - 1:  # ramp down over our own last `overlap` pixels
-            start = self.size - self.overlap
-            t = (np.arange(start, self.size) - start + 0.5) / self.overlap
-            w[start:] *= np.cos(0.5 * np.pi * t) ** 2
+        o, m = self.origins[i], self.margin
+        n = self.overlap - 2 * m
+        if i > 0:  # ramp up inside the band shared with the previous tile
+            start, stop = (b - o for b in self.band(i))
+            w[:start + m] = 0.0
+            if n > 0:
+                w[start + m:stop - m] = ramp(n)
+        if i < len(self.origins) - 1:  # ramp down inside the band shared with the next tile
+            start, stop = (b - o for b in self.band(i + 1))
+            w[stop - m:] = 0.0
+            if n > 0:
+                w[start + m:stop - m] *= ramp(n)[::-1]
         w[max(0, self.length - o):] = 0.0
+        w.setflags(write=False)
+        self._cache[i] = w
         return w
 
+    def support(self, i: int) -> tuple[int, int]:
+        """Image coordinates ``[lo, hi)`` where tile ``i`` has non-zero weight."""
+        nz = np.flatnonzero(self.weights(i))
+        o = self.origins[i]
+        return o + int(nz[0]), o + int(nz[-1]) + 1
 
-def plan_axis(length: int, tile: int, overlap: int, stride: int) -> AxisTiles:
+
+def plan_axis(length: int, tile: int, overlap: int, stride: int, margin: int = 0) -> AxisTiles:
     """Tile origins along an axis of ``length`` pixels.
 
-    ``tile`` and ``overlap`` must be multiples of ``stride``. An axis no longer than ``tile`` gets
-    one tile of ``length`` rounded up to the stride.
+    ``tile`` and ``overlap`` must be multiples of ``stride``; ``0 <= 2 * margin <= overlap``. An
+    axis no longer than ``tile`` gets one tile of ``length`` rounded up to the stride.
     """
     if tile % stride or overlap % stride:
         raise SemSegError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the network "
                           f"stride {stride}")
+    if not 0 <= 2 * margin <= overlap:
+        raise SemSegError(f"blending margin {margin} must be between 0 and half the overlap "
+                          f"({overlap})")
     if length <= tile:
-        return AxisTiles(length, round_up(length, stride), (0,), overlap)
+        return AxisTiles(length, round_up(length, stride), (0,), overlap, margin)
     step = tile - overlap
     origins = list(range(0, length - tile, step))
     origins.append(round_up(length, stride) - tile)
-    return AxisTiles(length, tile, tuple(origins), overlap)
+    if len(origins) > 1 and origins[-1] - origins[-2] < 0:  # pragma: no cover - defensive
+        origins.pop(-2)
+    return AxisTiles(length, tile, tuple(origins), overlap, margin)
 
 
 def normalize_tile(tile: int | None, overlap: int | None, stride: int, default_tile: int,
@@ -96,9 +141,14 @@ class TileGrid:
 
     @classmethod
     def plan(cls, shape: tuple[int, int], tile: int, overlap: int, stride: int,
-             chunk: int) -> TileGrid:
-        return cls(plan_axis(shape[0], tile, overlap, stride),
-                   plan_axis(shape[1], tile, overlap, stride), chunk)
+             chunk: int, margin: int | None = None) -> TileGrid:
+        """Plan tiles of ``tile`` pixels overlapping by ``overlap`` over a plane of ``shape``.
+
+        ``margin`` defaults to :func:`default_margin` of the overlap.
+        """
+        m = default_margin(overlap) if margin is None else int(margin)
+        return cls(plan_axis(shape[0], tile, overlap, stride, m),
+                   plan_axis(shape[1], tile, overlap, stride, m), chunk)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -115,6 +165,10 @@ class TileGrid:
     @property
     def chunk_counts(self) -> tuple[int, int]:
         return math.ceil(self.rows.length / self.chunk), math.ceil(self.cols.length / self.chunk)
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """All chunk indices ``(ci, cj)`` in raster order."""
+        return list(product(*(range(n) for n in self.chunk_counts)))
 
     def tiles(self) -> list[tuple[int, int]]:
         """Tile indices ``(i, j)`` in raster order."""
@@ -138,16 +192,25 @@ class TileGrid:
         """Output chunks that tile ``(i, j)`` contributes to (non-zero weight)."""
         out = []
         for axis, idx in ((self.rows, i), (self.cols, j)):
-            w = axis.weights(idx)
-            nz = np.nonzero(w)[0]
-            lo, hi = axis.origins[idx] + nz[0], axis.origins[idx] + nz[-1]
-            out.append(range(lo // self.chunk, hi // self.chunk + 1))
+            lo, hi = axis.support(idx)
+            out.append(range(lo // self.chunk, (hi - 1) // self.chunk + 1))
         return [(a, b) for a in out[0] for b in out[1]]
 
     def incidence(self) -> dict[tuple[int, int], list[tuple[int, int]]]:
-        """For every chunk, the tiles that contribute to it."""
+        """For every chunk, the tiles that contribute to it (in raster order)."""
         inc: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for t in self.tiles():
             for c in self.chunks_of_tile(*t):
                 inc.setdefault(c, []).append(t)
         return inc
+
+    def tiles_for(self, chunks: set[tuple[int, int]] | list[tuple[int, int]]
+                  ) -> list[tuple[int, int]]:
+        """The tiles needed to finish ``chunks``, each once, in raster order."""
+        inc = self.incidence()
+        return sorted({t for c in chunks for t in inc[c]})
+
+    def computed_pixels(self, chunks: set[tuple[int, int]] | None = None) -> int:
+        """Pixels the network processes to finish ``chunks`` (all by default)."""
+        tiles = self.tiles() if chunks is None else self.tiles_for(chunks)
+        return len(tiles) * self.rows.size * self.cols.size
