@@ -86,12 +86,29 @@ def companion_paths(path: Path) -> dict[str, Path]:
             "uncertainty": path.with_name(f"{stem}_uncertainty{path.suffix}")}
 
 
+def partial_path(path: Path) -> Path:
+    """Where an unfinished run writes (renamed to ``path`` when complete)."""
+    path = Path(path)
+    if output_kind(path) == "tiff":  # chunks go to a temporary zarr, streamed to TIFF at the end
+        return path.with_name(path.name + ".zarr.partial")
+    return path.with_name(path.name + ".partial")
+
+
+def is_complete(path: Path) -> bool:
+    """True when ``path`` is a finished output (it exists and no unfinished run is pending)."""
+    path = Path(path)
+    return path.exists() and not partial_path(path).exists()
+
+
 def check_output(path: Path, overwrite: bool, resume: bool = False) -> None:
-    """Refuse an existing output (unless overwrite) and an unwritable folder, before any work."""
+    """Refuse an existing output (unless overwrite) and an unwritable folder, before any work.
+
+    With ``resume``, a complete output is accepted (there is nothing left to do) and so is an
+    output name whose unfinished run (``<name>.partial``) is to be continued.
+    """
+    path = Path(path)
     output_kind(path)
-    if path.exists() and not overwrite:
-        if resume and (path / ".zattrs").exists():
-            return  # a finished zarr: resume has nothing left to do
+    if path.exists() and not overwrite and not (resume and is_complete(path)):
         raise SemSegError(f"output {path} exists; pass --overwrite (overwrite=True) to replace it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
@@ -165,13 +182,21 @@ class ZarrSink:
     """
 
     def __init__(self, path: Path, layout: OutputLayout, info: dict[str, Any], *,
-                 overwrite: bool = False, resume: bool = False, pyramid: bool = True) -> None:
+                 overwrite: bool = False, resume: bool = False, pyramid: bool = True,
+                 attach: bool = False) -> None:
         import zarr
 
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.layout, self.info, self.overwrite, self.pyramid = layout, info, overwrite, pyramid
         fingerprint = json.dumps(info.get("fingerprint", {}), sort_keys=True)
+        if attach:  # a cluster worker writing its chunks into the store the client created
+            if not self.partial.exists():
+                raise SemSegError(f"{self.partial} does not exist on this worker; the output must "
+                                  "be on a filesystem shared by the client and all workers")
+            self.root = zarr.open_group(str(self.partial), mode="r+", zarr_format=2)
+            self._open_arrays()
+            return
         if self.partial.exists():
             old = self._read_fingerprint()
             if resume and old == fingerprint:
@@ -214,9 +239,16 @@ class ZarrSink:
         self.uncertainty = self.root["uncertainty/0"] if self.layout.uncertainty else None
 
     def done_chunks(self) -> set[tuple[int, int, int]]:
+        """``(plane, chunk_row, chunk_col)`` of every chunk already written by this run."""
         done = set()
-        for f in (self.partial / DONE_DIR).iterdir():
-            p, ci, cj = (int(v) for v in f.name.split("_"))
+        folder = self.partial / DONE_DIR
+        if not folder.is_dir():
+            return done
+        for f in folder.iterdir():
+            try:
+                p, ci, cj = (int(v) for v in f.name.split("_"))
+            except ValueError:
+                continue  # a stray file
             done.add((p, ci, cj))
         return done
 
@@ -229,6 +261,7 @@ class ZarrSink:
         if self.uncertainty is not None:
             self.uncertainty[idx + (r, c)] = chunk.uncertainty
         ci, cj = r.start // self.layout.chunk, c.start // self.layout.chunk
+        # the marker is written after the data: a chunk with a marker is complete on disk
         (self.partial / DONE_DIR / f"{chunk.plane}_{ci}_{cj}").touch()
 
     def _build_pyramid(self) -> int:
@@ -268,10 +301,10 @@ class ZarrSink:
             },
             "napari_semseg": info,
         })
-        shutil.rmtree(self.partial / DONE_DIR, ignore_errors=True)
         if self.path.exists():
             _remove(self.path)
-        os.replace(self.partial, self.path)
+        os.replace(self.partial, self.path)  # the output appears complete, in one step
+        shutil.rmtree(self.path / DONE_DIR, ignore_errors=True)
         root = zarr.open_group(str(self.path), mode="r")
         return SegmentationResult(
             root["0"], root["probabilities/0"] if self.layout.probabilities else None,
@@ -326,12 +359,13 @@ class TiffSink(ZarrSink):
 
     def finish(self) -> SegmentationResult:
         planes = "".join(a["name"] for a in _axes(len(self.layout.plane_dims))).upper()[:-2]
-        self._write_tiff(self.labels, self.tiff_path, planes + "YX")
         extra = companion_paths(self.tiff_path)
+        # companions first, the labels file last: it appears only when everything is written
         if self.probabilities is not None:
             self._write_tiff(self.probabilities, extra["probabilities"], planes + "CYX")
         if self.uncertainty is not None:
             self._write_tiff(self.uncertainty, extra["uncertainty"], planes + "YX")
+        self._write_tiff(self.labels, self.tiff_path, planes + "YX")
         shutil.rmtree(self.partial, ignore_errors=True)
         return SegmentationResult(
             _lazy_tiff(self.tiff_path),

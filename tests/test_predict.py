@@ -1,0 +1,256 @@
+"""Tiled prediction: outputs (numpy, OME-Zarr, GeoTIFF), stacks, channels, probabilities,
+rescaling, progress events, batching and the whole-image equivalence of a single tile."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from napari_semseg import build_model, iter_segment, segment
+from napari_semseg.core.errors import SemSegError
+from napari_semseg.core.predict import default_overlap_for, plan_tiles
+from napari_semseg.core.io import open_image
+from napari_semseg.core.normalize import estimate_normalization
+from napari_semseg.core.settings import PredictSettings
+
+
+@pytest.fixture
+def rgb_model():
+    torch.manual_seed(1)
+    return build_model("unet", "resnet18", in_channels=3, classes=4, encoder_depth=3,
+                       decoder_channels=(32, 16, 8), tile=96, halo=8)
+
+
+def whole_image_probabilities(model, image: np.ndarray) -> np.ndarray:
+    """Reference: one forward pass over the whole image, reflect-padded to the stride."""
+    stride = model.metadata.stride
+    x = image.astype(np.float32)
+    if x.ndim == 2:
+        x = x[None]
+    h, w = x.shape[-2:]
+    ph, pw = -h % stride, -w % stride
+    x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    norm = model.metadata.normalization or estimate_normalization(open_image(image))
+    t = torch.from_numpy(x)[None]
+    with torch.inference_mode():
+        t = norm.apply_torch(t)
+        p = model(t).softmax(1)[0, :, :h, :w]
+    return p.numpy()
+
+
+def test_defaults_are_chunk_plus_overlap(tiny_model, grey_image):
+    settings = PredictSettings()
+    source = open_image(grey_image)
+    plan = plan_tiles(source, tiny_model, settings, torch.device("cpu"))
+    stride = tiny_model.metadata.stride
+    assert plan.overlap == default_overlap_for(stride, tiny_model.metadata.halo) == 6 * stride
+    assert plan.chunk == tiny_model.metadata.tile == 128
+    assert plan.tile == plan.chunk + plan.overlap
+    assert plan.margin == plan.overlap // 4 and plan.batch_size == 1
+    big = build_model("unet", "resnet18", 1, 2)
+    plan = plan_tiles(open_image(np.zeros((2000, 2000), np.uint8)), big, settings,
+                      torch.device("cpu"))
+    assert (plan.tile, plan.overlap, plan.chunk) == (1216, 192, 1024)
+
+
+def test_numpy_output_labels_probabilities_uncertainty(tiny_model, grey_image):
+    res = segment(grey_image, tiny_model, device="cpu", probabilities=True, uncertainty=True)
+    k = tiny_model.metadata.classes
+    assert res.labels.shape == grey_image.shape and res.labels.dtype == np.uint8
+    assert set(np.unique(res.labels)) <= set(range(1, k + 1))
+    assert res.probabilities.shape == (k,) + grey_image.shape
+    assert res.probabilities.dtype == np.uint8 and res.uncertainty.dtype == np.uint8
+    total = res.probabilities.astype(int).sum(0)
+    assert np.abs(total - 255).max() <= k  # quantized probabilities sum to 1
+    # labels are the argmax of the probabilities (+1)
+    p = res.probabilities.astype(int)
+    top = np.take_along_axis(p, (res.labels.astype(int) - 1)[None], 0)[0]
+    assert (top >= p.max(0) - 1).all()
+    # uncertainty is the normalized entropy of the probabilities
+    q = np.clip(p / 255.0, 1e-7, 1)
+    ent = -(q * np.log(q)).sum(0) / np.log(k)
+    assert np.abs(res.uncertainty / 255.0 - ent).max() < 0.05
+
+
+def test_single_tile_equals_whole_image_forward(tiny_model, grey_image):
+    res = segment(grey_image, tiny_model, device="cpu", tile=512, probabilities=True)
+    ref = whole_image_probabilities(tiny_model, grey_image)
+    assert np.abs(res.probabilities / 255.0 - ref).max() <= 1 / 255 + 1e-4
+    agree = (res.labels == ref.argmax(0) + 1).mean()
+    assert agree > 0.999
+
+
+def test_batches_give_the_same_result(tiny_model, grey_image):
+    a = segment(grey_image, tiny_model, device="cpu", tile=96, overlap=32, batch_size=1,
+                probabilities=True)
+    b = segment(grey_image, tiny_model, device="cpu", tile=96, overlap=32, batch_size=3,
+                probabilities=True)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert np.abs(a.probabilities.astype(int) - b.probabilities.astype(int)).max() <= 1
+
+
+def test_zarr_output_is_ome_with_pyramid(tiny_model, tmp_path):
+    rng = np.random.default_rng(3)
+    image = (rng.random((300, 270)) * 255).astype(np.uint8)
+    out = tmp_path / "seg.zarr"
+    res = segment(image, tiny_model, device="cpu", output=out, probabilities=True,
+                  uncertainty=True)
+    ref = segment(image, tiny_model, device="cpu", probabilities=True, uncertainty=True)
+    assert res.path == out and out.is_dir()
+    assert not (tmp_path / "seg.zarr.partial").exists()
+    root = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(root["0"][:], ref.labels)
+    np.testing.assert_array_equal(root["probabilities/0"][:], ref.probabilities)
+    np.testing.assert_array_equal(root["uncertainty/0"][:], ref.uncertainty)
+    attrs = root.attrs.asdict()
+    ms = attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and [a["name"] for a in ms["axes"]] == ["y", "x"]
+    levels = [d["path"] for d in ms["datasets"]]
+    assert levels == ["0", "1", "2"]  # 300 -> 150 -> 75 (chunk 128)
+    np.testing.assert_array_equal(root["1"][:], ref.labels[::2, ::2])
+    np.testing.assert_array_equal(root["2"][:], ref.labels[::4, ::4])
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [2.0, 2.0]
+    colors = attrs["image-label"]["colors"]
+    assert [c["label-value"] for c in colors] == [1, 2, 3]
+    names = [p["name"] for p in attrs["image-label"]["properties"]]
+    assert names == tiny_model.metadata.class_names
+    info = attrs["napari_semseg"]
+    assert info["complete"] is True and info["settings"]["tile"] == 176
+    assert not (out / "semseg_done").exists()
+    assert root["0"].chunks == (128, 128)
+
+
+def make_geotiff(path, image):
+    extratags = [
+        (33550, "d", 3, (0.5, 0.5, 0.0), True),  # ModelPixelScale
+        (33922, "d", 6, (0.0, 0.0, 0.0, 55.2, 25.1, 0.0), True),  # ModelTiepoint
+        (34735, "H", 8, (1, 1, 0, 1, 1024, 0, 1, 2), True),  # GeoKeyDirectory
+    ]
+    tifffile.imwrite(path, image, tile=(64, 64), extratags=extratags)
+
+
+def test_tiff_output_copies_geotiff_tags(rgb_model, tmp_path):
+    rng = np.random.default_rng(4)
+    image = (rng.random((200, 230, 3)) * 255).astype(np.uint8)
+    src = tmp_path / "in.tif"
+    make_geotiff(src, image)
+    out = tmp_path / "out.tif"
+    res = segment(src, rgb_model, device="cpu", output=out, probabilities=True)
+    ref = segment(image, rgb_model, device="cpu", probabilities=True)
+    np.testing.assert_array_equal(tifffile.imread(out), ref.labels)
+    prob_file = tmp_path / "out_probabilities.tif"
+    np.testing.assert_array_equal(tifffile.imread(prob_file), ref.probabilities)
+    with tifffile.TiffFile(out) as tf:
+        page = tf.pages.first
+        assert tf.is_bigtiff and page.is_tiled
+        assert page.tags[33550].value == (0.5, 0.5, 0.0)
+        assert page.tags[33922].value == (0.0, 0.0, 0.0, 55.2, 25.1, 0.0)
+        assert tuple(page.tags[34735].value) == (1, 1, 0, 1, 1024, 0, 1, 2)
+    np.testing.assert_array_equal(np.asarray(res.labels[:]), ref.labels)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_stack_is_segmented_plane_by_plane(tiny_model, tmp_path):
+    rng = np.random.default_rng(5)
+    stack = (rng.random((3, 150, 140)) * 255).astype(np.uint8)
+    res = segment(stack, tiny_model, device="cpu", tile=96, overlap=32, probabilities=True)
+    assert res.labels.shape == stack.shape
+    assert res.probabilities.shape == (3, 3, 150, 140)
+    for z in range(3):
+        one = segment(stack[z], tiny_model, device="cpu", tile=96, overlap=32,
+                      probabilities=True)
+        np.testing.assert_array_equal(res.labels[z], one.labels)
+        np.testing.assert_array_equal(res.probabilities[z], one.probabilities)
+    out = tmp_path / "stack.zarr"
+    segment(stack, tiny_model, device="cpu", tile=96, overlap=32, output=out)
+    root = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(root["0"][:], res.labels)
+    axes = root.attrs["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == ["z", "y", "x"]
+
+
+def test_channel_axis_first_or_last_gives_the_same_result(rgb_model):
+    rng = np.random.default_rng(6)
+    hwc = (rng.random((120, 130, 3)) * 255).astype(np.uint8)
+    a = segment(hwc, rgb_model, device="cpu")
+    b = segment(np.moveaxis(hwc, -1, 0).copy(), rgb_model, device="cpu", channel_axis=0)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert set(np.unique(a.labels)) <= {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32, np.float64])
+def test_pixel_types(tiny_model, grey_image, dtype):
+    res = segment(grey_image.astype(dtype), tiny_model, device="cpu")
+    ref = segment(grey_image, tiny_model, device="cpu")
+    assert (res.labels == ref.labels).mean() > 0.999
+
+
+def test_pixel_size_rescales_tiles_for_the_network(tmp_path):
+    torch.manual_seed(2)
+    model = build_model("unet", "resnet18", 1, 2, encoder_depth=3, decoder_channels=(16, 8, 8),
+                        tile=96, halo=8, pixel_size=1.0)
+    seen = []
+    hook = model.net.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[-2:]))
+    image = (np.random.default_rng(7).random((100, 90)) * 255).astype(np.uint8)
+    try:
+        res = segment(image, model, device="cpu", pixel_size=2.0, tile=64, overlap=16)
+        assert res.labels.shape == image.shape
+        assert seen and all(s[0] >= 2 * 64 - 8 and s[0] % 8 == 0 for s in seen)
+        seen.clear()
+        segment(image, model, device="cpu", pixel_size=1.0, tile=64, overlap=16)
+        assert all(tuple(s) == (64, 64) for s in seen)
+    finally:
+        hook.remove()
+
+
+def test_progress_events_count_tiles_and_report_every_chunk_once(tiny_model):
+    rng = np.random.default_rng(8)
+    image = (rng.random((330, 300)) * 255).astype(np.uint8)
+    events = []
+    gen = iter_segment(image, tiny_model, device="cpu", tile=96, overlap=32, batch_size=2)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    total = events[0].total
+    assert events[0].done == 0 and total > 4
+    dones = [e.done for e in events]
+    assert dones == sorted(dones) and dones[-1] == total
+    assert all(e.total == total for e in events)
+    covered = np.zeros(image.shape, int)
+    for e in events:
+        for ch in e.chunks:
+            r, c = ch.region
+            covered[r, c] += 1
+            np.testing.assert_array_equal(ch.labels, result.labels[r, c])
+    assert (covered == 1).all()
+    # chunks are reported while the run goes on, not all at the end
+    first_chunk = next(i for i, e in enumerate(events) if e.chunks)
+    assert first_chunk < len(events) // 2
+
+
+def test_unknown_option_and_bad_values(tiny_model, grey_image):
+    with pytest.raises(TypeError, match="unknown option"):
+        segment(grey_image, tiny_model, device="cpu", tiles=3)
+    with pytest.raises(SemSegError, match="--batch-size"):
+        segment(grey_image, tiny_model, device="cpu", batch_size=0)
+
+
+def test_zarr_input_read_lazily(tiny_model, tmp_path):
+    rng = np.random.default_rng(9)
+    image = (rng.random((260, 250)) * 255).astype(np.uint8)
+    z = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=image.shape,
+                        chunks=(64, 64), dtype=np.uint8, zarr_format=2)
+    z[:] = image
+    a = segment(tmp_path / "in.zarr", tiny_model, device="cpu")
+    b = segment(image, tiny_model, device="cpu")
+    np.testing.assert_array_equal(a.labels, b.labels)
+    meta = json.loads((tmp_path / "in.zarr" / ".zarray").read_text())
+    assert meta["chunks"] == [64, 64]
