@@ -63,24 +63,38 @@ class TrainSettings:
 
     arch: str = _opt("unet", "architecture: unet, unetplusplus, fpn, deeplabv3plus, segformer, ...")
     encoder: str = _opt("resnet18", "any segmentation-models-pytorch encoder name")
+    encoder_depth: int | None = _opt(None, "encoder stages used (3-5; fewer is faster, with "
+                                           "less context; default: the architecture's 5)")
+    decoder_channels: str | None = _opt(None, "Unet decoder widths, comma-separated, one per "
+                                              "encoder stage (e.g. 128,64,32,16)")
     epochs: int | None = _opt(None, "number of epochs (default: until time_budget, else 50)")
     time_budget: float | None = _opt(None, "wall-clock budget in seconds")
-    steps_per_epoch: int = _opt(50, "optimizer steps per epoch")
+    steps_per_epoch: int = _opt(50, "optimizer steps per epoch (validation, checkpoint and new "
+                                    "annotations happen between epochs)")
     batch_size: int = _opt(8, "patches per step")
     patch_size: int = _opt(256, "training patch edge in pixels (multiple of 32)")
     learning_rate: float = _opt(1e-3, "peak learning rate (one-cycle schedule)")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
-    validation: float = _opt(0.2, "fraction of annotated regions held out for validation "
-                                  "(0 disables validation)")
+    validation: float = _opt(0.2, "fraction of annotated pixels held out by region (blocks) for "
+                                  "validation (0 disables validation)")
+    loss: str = _opt("ce+dice", "loss on annotated pixels: ce, ce+dice, focal, focal+dice")
+    dice_weight: float = _opt(0.5, "weight of the Dice term")
     class_weighting: bool = _opt(True, "weight the loss by inverse class frequency")
-    dice_weight: float = _opt(0.5, "weight of the Dice term added to cross-entropy")
+    class_balance: float = _opt(1.0, "patch centres drawn per class: 1 = classes equally often, "
+                                     "0 = in proportion to annotated pixels")
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
     augment: bool = _opt(True, "flips, 90-degree rotations, scale jitter, intensity, noise, CutMix")
+    scale_jitter: float = _opt(0.25, "zoom range of the scale augmentation (0.25: 0.8x-1.25x)")
+    cutmix: float = _opt(0.3, "probability that a patch receives a CutMix box")
+    normalization: str = _opt("percentile", "input normalization: percentile, meanstd or none")
     early_stopping: int | None = _opt(10, "stop after this many epochs without improvement")
     device: str = _opt("auto", "'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'mps'")
     amp: bool = _opt(True, "mixed precision on GPU")
-    seed: int = _opt(0, "random seed (runs on CPU are deterministic for a seed)")
-    checkpoint: str | None = _opt(None, "file written atomically after every epoch")
-    num_workers: int = _opt(0, "background threads reading patches")
+    threads: int | None = _opt(None, "CPU threads (default: torch's; with only a time budget, "
+                                     "the faster of that and 1, measured while training)")
+    seed: int = _opt(0, "random seed (runs on CPU with --epochs are deterministic for a seed)")
+    checkpoint: str | None = _opt(None, "model file written atomically after every epoch")
+    resume: bool = _opt(False, "continue from the checkpoint if it exists")
 
     def validated(self) -> TrainSettings:
         """Return self after checking value ranges; raise :class:`SemSegError` otherwise."""
@@ -94,6 +108,24 @@ class TrainSettings:
             raise SemSegError(f"--validation must be in [0, 1), got {self.validation}")
         if self.batch_size < 1:
             raise SemSegError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.steps_per_epoch < 1:
+            raise SemSegError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
+        if not self.learning_rate > 0:
+            raise SemSegError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.encoder_depth is not None and not 1 <= self.encoder_depth <= 5:
+            raise SemSegError(f"--encoder-depth must be 1 to 5, got {self.encoder_depth}")
+        if not 0 <= self.class_balance <= 1:
+            raise SemSegError(f"--class-balance must be in [0, 1], got {self.class_balance}")
+        if not 0 <= self.cutmix <= 1:
+            raise SemSegError(f"--cutmix must be in [0, 1], got {self.cutmix}")
+        if self.scale_jitter < 0:
+            raise SemSegError(f"--scale-jitter must be 0 or more, got {self.scale_jitter}")
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise SemSegError(f"--early-stopping must be at least 1, got {self.early_stopping}")
+        if self.threads is not None and self.threads < 1:
+            raise SemSegError(f"--threads must be at least 1, got {self.threads}")
+        if self.resume and not self.checkpoint:
+            raise SemSegError("--resume needs --checkpoint (the file to continue from)")
         return self
 
 
