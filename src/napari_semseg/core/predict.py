@@ -15,6 +15,7 @@ halves the batch, then the tile, and the run continues.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -49,9 +50,10 @@ DEFAULT_CHUNK = 1024  # output chunk edge; a tile is a chunk plus the overlap
 # >= 99.98 % of pixels (4 strides: 99.93 %, 2 strides: 99.6 %; measured, see
 # docs/sections/performance.md).
 OVERLAP_STRIDES = 6
-# Activation memory per input pixel of one tile at inference, with mixed precision (measured
-# order of magnitude for Unet-resnet34; the OOM back-off corrects a wrong guess).
-BYTES_PER_PIXEL_GPU = 1500
+# Peak activation memory per input pixel of one tile at inference: 550 B measured for
+# Unet-resnet18 in float32 on the CPU, about half with mixed precision; 600 leaves room for
+# larger encoders (the OOM back-off corrects a wrong guess).
+BYTES_PER_PIXEL_GPU = 600
 GPU_TILES = (2048, 1024, 512)  # output chunk edges tried on a GPU, largest first
 MAX_GPU_BATCH = 32
 
@@ -165,6 +167,8 @@ class TilePredictor:
         if compile and device.type == "cuda":
             self.forward = torch.compile(self.model)
         self.max_batch: int | None = None
+        # launch the next batch before post-processing the previous one (GPU work is queued)
+        self.asynchronous = device.type == "cuda"
         self._weights: dict[Any, torch.Tensor] = {}
 
     def weight(self, key: Any, make: Callable[[], np.ndarray]) -> torch.Tensor:
@@ -414,7 +418,7 @@ def iter_plane(source: ImageSource, plane: int, grid: TileGrid, predictor: TileP
 
     batches = _batches(source, plane, grid, tiles, batch_size, pin, check_nan)
     waiting: tuple[list, Callable[[], np.ndarray]] | None = None
-    overlap_device = predictor.device.type == "cuda"
+    overlap_device = predictor.asynchronous
     for group, batch in (_prefetch(batches, prefetch) if prefetch else batches):
         handle = predictor.launch(batch, weights_of(group))
         if not overlap_device:
@@ -466,6 +470,18 @@ class SegmentJob:
                          overwrite=self.settings.overwrite, resume=self.settings.resume)
 
 
+@contextlib.contextmanager
+def _reading(source: ImageSource) -> Iterator[None]:
+    """Turn a failure to read the image (a damaged chunk...) into one clear line."""
+    try:
+        yield
+    except SemSegError:
+        raise
+    except Exception as exc:
+        what = source.path or "the image"
+        raise SemSegError(f"cannot read {what}: {type(exc).__name__}: {exc}") from exc
+
+
 def prepare(image: Any, model: SemSegModel | str | os.PathLike,
             settings: PredictSettings, output: Any = None, *,
             device: torch.device | None = None) -> SegmentJob | SegmentationResult:
@@ -477,7 +493,8 @@ def prepare(image: Any, model: SemSegModel | str | os.PathLike,
     model = as_model(model)
     meta = model.metadata
     source = open_image(image, settings.channel_axis, expected_channels=meta.in_channels)
-    check_finite(source)
+    with _reading(source):
+        check_finite(source)
     device = resolve_device(settings.device) if device is None else device
     plan = plan_tiles(source, model, settings, device)
     if output is not None:
@@ -485,7 +502,11 @@ def prepare(image: Any, model: SemSegModel | str | os.PathLike,
         check_output(output, settings.overwrite, settings.resume)
         if settings.resume and is_complete(output):
             return SegmentationResult(None, path=output)
-    norm = meta.normalization or estimate_normalization(source)
+    if meta.normalization is None:
+        with _reading(source):
+            norm = estimate_normalization(source)
+    else:
+        norm = meta.normalization
     layout = OutputLayout(source.plane_dims, source.plane_shape, plan.chunk, meta.classes,
                           settings.probabilities, settings.uncertainty)
     digest = model_digest(model)
