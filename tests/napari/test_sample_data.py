@@ -40,3 +40,11 @@ def test_training_sample_has_example_strokes(viewer, h):
     assert set(np.unique(s[painted])) == {1, 2}
     assert (s[painted] == truth[painted]).all()  # every stroke lies in its class
     assert list(strokes.features["class"])[1:] == ["membrane", "interior"]
+    # drawn in the colours of the bundled EM model
+    from napari_semseg import read_metadata
+
+    meta = read_metadata(h.sample("em_model.safetensors"))
+    for k, color in enumerate(meta.class_colors, start=1):
+        rgba = strokes.colormap.map(np.array([k]))[0]
+        assert np.allclose(rgba[:3], [int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)],
+                           atol=0.01)

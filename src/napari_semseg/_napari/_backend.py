@@ -6,10 +6,15 @@ viewer's OpenGL context exists segfaults unless it is loaded with RTLD_DEEPBIND 
 (which pulls in torchvision and triton). (2) Importing these packages holds the GIL for seconds:
 done inside a worker thread it would freeze the viewer in the middle of a job, so it is done
 here, before any job starts (pandas too: napari imports it for the first layer with features,
-which would otherwise stall the first Segment click). Nothing in ``_napari`` imports smp, torchvision or timm directly.
+which would otherwise stall the first Segment click), and the objects alive at that point are
+frozen out of the garbage collector (see :func:`load_backend`). Nothing in ``_napari`` imports
+smp, torchvision or timm directly.
 """
 
 from __future__ import annotations
+
+import atexit
+import gc
 
 _loaded = False
 
@@ -27,4 +32,10 @@ def load_backend() -> None:
     from napari.layers import Labels
 
     Labels(np.zeros((2, 2), np.uint8))  # napari's one-time colormap set-up (0.3 s) happens now
+    # torch + smp + napari leave ~10^6 long-lived objects; every full garbage collection walks
+    # them all (0.1-0.3 s with the GIL held, in whichever thread triggers it), which would
+    # stall the viewer during a job. Collect once now and move them out of the GC's way.
+    gc.collect()
+    gc.freeze()
+    atexit.register(gc.unfreeze)  # let the interpreter clean them up normally at exit
     _loaded = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
+from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
 LIMITS: dict[str, tuple[float, float, float]] = {  # name: (max, step, default-if-set)
     "tile": (16384, 32, 512),
@@ -21,6 +21,7 @@ LIMITS: dict[str, tuple[float, float, float]] = {  # name: (max, step, default-i
     "steps_per_epoch": (10000, 10, 50),
     "patch_size": (2048, 32, 256),
     "learning_rate": (1.0, 1e-4, 1e-3),
+    "encoder_depth": (5, 1, 5),
 }
 
 
@@ -58,11 +59,16 @@ class SettingsForm(QWidget):
                 editor.setRange(0, int(top))
                 editor.setSingleStep(int(step))
                 editor.setValue(int(default or 0))
+            elif "str" in kind:
+                editor = QLineEdit("" if default is None else str(default))
+                if optional:
+                    editor.setPlaceholderText("auto")
             else:
                 raise TypeError(f"no editor for {name}: {kind}")
             if optional and isinstance(editor, (QSpinBox, QDoubleSpinBox)):
                 editor.setSpecialValueText("auto" if name not in ("time_budget", "epochs")
                                            else "none")
+            if optional:
                 self._optional.add(name)
             editor.setObjectName(name)
             editor.setToolTip(f.metadata.get("help", ""))
@@ -75,6 +81,9 @@ class SettingsForm(QWidget):
         for name, editor in self.editors.items():
             if isinstance(editor, QCheckBox):
                 out[name] = editor.isChecked()
+            elif isinstance(editor, QLineEdit):
+                text = editor.text().strip()
+                out[name] = text if text or name not in self._optional else None
             else:
                 value = editor.value()
                 out[name] = None if (name in self._optional and value == 0) else value
@@ -86,5 +95,7 @@ class SettingsForm(QWidget):
             editor = self.editors[name]
             if isinstance(editor, QCheckBox):
                 editor.setChecked(bool(value))
+            elif isinstance(editor, QLineEdit):
+                editor.setText("" if value is None else str(value))
             else:
                 editor.setValue(0 if value is None else value)

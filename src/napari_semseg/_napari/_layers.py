@@ -51,9 +51,12 @@ def class_colormap(colors: Sequence[str]) -> Any:
     return DirectLabelColormap(color_dict=mapping)
 
 
-def class_features(names: Sequence[str]) -> dict[str, list]:
-    """Labels features table: label value -> class name (shown in the status bar)."""
-    return {"index": list(range(len(names) + 1)), "class": ["not annotated", *names]}
+def class_features(names: Sequence[str], zero: str = "not annotated") -> dict[str, list]:
+    """Labels features table: label value -> class name (shown in the status bar).
+
+    ``zero`` names label 0: "not annotated" in annotation layers, "not computed yet" in results.
+    """
+    return {"index": list(range(len(names) + 1)), "class": [zero, *names]}
 
 
 def layer_classes(layer: Any, n: int | None = None) -> tuple[list[str], list[str]]:

@@ -18,6 +18,9 @@ from ..core.progress import ChunkResult
 from ._layers import KEY, class_colormap, class_features, owned_layers, put_layer
 
 
+PENDING = "not computed yet"  # what label 0 means in a result layer
+
+
 class ResultLayers:
     """Create, fill and finalize the labels / probabilities / uncertainty layers of one run.
 
@@ -116,7 +119,7 @@ class ResultLayers:
                                                    self.source_id)
         labels = Labels(arrays["labels"], name=f"{self.name} labels", opacity=0.6,
                         colormap=class_colormap(self.meta.class_colors),
-                        features=class_features(self.meta.class_names),
+                        features=class_features(self.meta.class_names, PENDING),
                         metadata=self._marker("labels"), **self.spatial)
         self.layers["labels"] = put_layer(self.viewer, labels, "labels", self.source_id)
 
@@ -170,7 +173,7 @@ class ResultLayers:
         meta[KEY] = dict(meta[KEY], store=str(path))
         labels = Labels(data if len(data) > 1 else data[0], name=old.name, opacity=old.opacity,
                         colormap=class_colormap(self.meta.class_colors),
-                        features=class_features(self.meta.class_names), metadata=meta,
+                        features=class_features(self.meta.class_names, PENDING), metadata=meta,
                         **self.spatial)
         self.layers["labels"] = put_layer(self.viewer, labels, "labels", self.source_id)
         for role, key in (("probabilities", "probabilities/0"), ("uncertainty", "uncertainty/0")):

@@ -49,11 +49,30 @@ def aerial_sample() -> list[LayerData]:
              "image")]
 
 
-def example_strokes(labels: Any, seed: int = 0) -> Any:
-    """Brush strokes (about 1.5 % of the pixels) drawn inside the classes of a dense mask."""
-    from napari_semseg.core.scribbles import make_scribbles
+def model_classes(path: Any) -> tuple[list[str], list[str]]:
+    """Class names and colours from a model file's header (no torch import: JSON only)."""
+    import json
+    import struct
 
-    return make_scribbles(labels, fraction=0.015, radius=2, seed=seed)
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    meta = json.loads(header["__metadata__"]["napari_semseg"])
+    return list(meta["class_names"]), list(meta["class_colors"])
+
+
+def example_strokes() -> Any:
+    """The bundled example strokes on ``em_train.tif`` (1.5 % of the pixels, seeded scribbles
+    drawn inside the classes of the ground truth by ``napari_semseg.core.scribbles``)."""
+    import tifffile
+
+    try:
+        return tifffile.imread(_path("em_train_scribbles.tif"))
+    except FileNotFoundError:  # a source checkout before the scribbles were made
+        from napari_semseg.core.scribbles import make_scribbles
+
+        return make_scribbles(tifffile.imread(_path("em_train_labels.tif")), fraction=0.015,
+                              radius=1, seed=0)
 
 
 def em_training_sample() -> list[LayerData]:
@@ -63,9 +82,11 @@ def em_training_sample() -> list[LayerData]:
     from ._layers import class_colormap, class_features, default_colors
 
     image = tifffile.imread(_path("em_train.tif"))
-    strokes = example_strokes(tifffile.imread(_path("em_train_labels.tif")))
-    names = ["membrane", "interior"]
-    colors = default_colors(2)
+    strokes = example_strokes()
+    try:  # the colours of the bundled EM model, so that results and strokes match
+        names, colors = model_classes(_path("em_model.safetensors"))
+    except (FileNotFoundError, KeyError, ValueError):
+        names, colors = ["membrane", "interior"], default_colors(2)
     return [
         (image, {"name": "EM training slice", "metadata": {KEY: {"sample": True}}}, "image"),
         (strokes, {"name": "strokes", "colormap": class_colormap(colors),

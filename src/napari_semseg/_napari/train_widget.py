@@ -47,6 +47,7 @@ from ._layers import (  # noqa: E402
     default_colors,
     layer_classes,
     layer_source,
+    owned_layers,
     put_layer,
     spatial_kwargs,
 )
@@ -54,8 +55,12 @@ from ._plot import LivePlot  # noqa: E402
 from ._preview import field_of_view, preview_channel_axis, read_region  # noqa: E402
 from ._registry import trained_models  # noqa: E402
 
-ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2",
+ENCODERS = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "efficientnet-b0",
             "timm-regnety_002", "mit_b0", "densenet121", "vgg11")
+# The widget starts from a small, fast network (that of the bundled sample models): on a CPU it
+# fits many more steps into a short budget, which matters more than capacity for a few strokes.
+GUI_DEFAULTS = {"encoder": "mobilenet_v2", "encoder_depth": 4, "decoder_channels": "64,32,16,16",
+                "time_budget": 120.0, "steps_per_epoch": 20}
 FEED_DELAY_MS = 1000  # strokes are handed to the trainer at most once a second
 PREVIEW_SECONDS = 4.0  # minimum time between two previews
 
@@ -117,14 +122,17 @@ class TrainWidget(QWidget):
         self.encoder.setObjectName("encoder")
         self.encoder.setEditable(True)
         self.encoder.addItems(ENCODERS)
-        self.encoder.setCurrentText(TrainSettings().encoder)
+        self.encoder.setCurrentText(GUI_DEFAULTS["encoder"])
         self.device = DeviceField()
         self.form = SettingsForm(TrainSettings, ["time_budget", "epochs"],
                                  labels={"time_budget": "time budget (s)"})
-        self.form.set(time_budget=120.0)
-        self.advanced = SettingsForm(TrainSettings, ["steps_per_epoch", "batch_size",
+        self.form.set(time_budget=GUI_DEFAULTS["time_budget"])
+        self.advanced = SettingsForm(TrainSettings, ["encoder_depth", "decoder_channels",
+                                                     "steps_per_epoch", "batch_size",
                                                      "patch_size", "learning_rate", "augment"])
-        self.advanced.set(steps_per_epoch=20)
+        self.advanced.set(steps_per_epoch=GUI_DEFAULTS["steps_per_epoch"],
+                          encoder_depth=GUI_DEFAULTS["encoder_depth"],
+                          decoder_channels=GUI_DEFAULTS["decoder_channels"])
         self.live_preview = QCheckBox("live preview of the field of view")
         self.live_preview.setObjectName("live_preview")
         self.live_preview.setChecked(True)
@@ -275,8 +283,7 @@ class TrainWidget(QWidget):
             self.base_model.loader()
         return {"image": image, "annotations_layer": ann, "source": source,
                 "annotations": annotations, "settings": settings, "class_names": names,
-                "class_colors": colors, "loader": loader,
-                "channel_axis": source.channel_axis}
+                "class_colors": colors, "loader": loader}
 
     def train(self) -> Job | None:
         """Start training (from scratch or from the chosen model)."""
@@ -307,14 +314,12 @@ class TrainWidget(QWidget):
             self._step_offset = 0
         else:
             self._step_offset = self._last_step
-        image_data = base_data(plan["image"])
-
         def job(should_stop):
-            base = plan["loader"]()
+            base = plan["loader"]()  # a copy is trained: models in the viewer stay as they are
             return (yield from train.iter_train(
-                image_data, plan["annotations"], plan["settings"], model=base,
+                plan["source"], plan["annotations"], plan["settings"], model=base,
                 class_names=plan["class_names"], class_colors=plan["class_colors"],
-                channel_axis=plan["channel_axis"], feed=self.feed, should_stop=should_stop))
+                feed=self.feed, should_stop=should_stop))
 
         self._set_running(True)
         self._started = time.perf_counter()
@@ -346,7 +351,8 @@ class TrainWidget(QWidget):
         self.events_seen += 1
         step = self._step_offset + int(event.step)
         self._last_step = step
-        self.plot.add_loss(step, event.loss)
+        if not event.epoch_end:  # the epoch summary repeats the running loss
+            self.plot.add_loss(step, event.loss)
         total = event.total_steps
         budget = self._plan_info.get("settings").time_budget if self._plan_info else None
         if total:
@@ -466,16 +472,27 @@ class TrainWidget(QWidget):
                                 zip(spatial["translate"], offsets, spatial["scale"])]
         data = labels.reshape((1,) * n_plane + labels.shape[-2:])
         meta = model.metadata
+        marker = {"complete": True, "region": [rows.start, rows.stop, cols.start, cols.stop],
+                  "class_colors": list(meta.class_colors)}
+        existing = owned_layers(self.viewer, "preview", image.unique_id)
+        if existing and existing[0].data.shape == data.shape and \
+                existing[0].metadata[KEY].get("class_colors") == marker["class_colors"]:
+            layer = existing[0]  # update in place: replacing a layer costs the viewer ~0.2 s
+            layer.metadata[KEY].update(marker)
+            layer.translate = spatial["translate"]
+            layer.data = data
+            return self._next_preview()
+        active = self.viewer.layers.selection.active
         layer = Labels(data, name=f"{image.name} preview", opacity=0.5,
                        colormap=class_colormap(meta.class_colors),
-                       features=class_features(meta.class_names),
-                       metadata={KEY: {"complete": True, "region": [rows.start, rows.stop,
-                                                                    cols.start, cols.stop]}},
+                       features=class_features(meta.class_names), metadata={KEY: marker},
                        **spatial)
         put_layer(self.viewer, layer, "preview", image.unique_id)
-        ann = self._plan_info.get("annotations_layer")
-        if ann is not None and ann in self.viewer.layers:  # keep painting where the user was
-            self.viewer.layers.selection.active = ann
+        if active is not None and active in self.viewer.layers:  # keep painting where one was
+            self.viewer.layers.selection.active = active
+        self._next_preview()
+
+    def _next_preview(self) -> None:
         if self._pending_preview is not None:
             QTimer.singleShot(int(PREVIEW_SECONDS * 1000), self._maybe_preview)
 
