@@ -1,15 +1,23 @@
-"""``napari-semseg predict``: segment files or folders, one output per input."""
+"""``napari-semseg predict``: segment files or folders, one output per input.
+
+Locally, or on a dask cluster (``--scheduler ADDRESS`` for a running scheduler, e.g. one started
+by dask-jobqueue on SLURM, or ``--local-cluster N`` for N worker processes on this machine).
+With ``--resume`` an interrupted run continues where it stopped (only missing chunks are
+computed) and inputs whose output is complete are skipped; a summary ends every run.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from napari_semseg.core.settings import PredictSettings
 
 from .options import add_settings_arguments, settings_from_args
 
+CONNECT_TIMEOUT = "10s"  # to reach a dask scheduler given with --scheduler
 IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".png", ".jpg", ".jpeg", ".npy")
 
 
@@ -22,6 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output .zarr/.tif for one input, or a folder for several inputs")
     p.add_argument("--format", choices=("zarr", "tif"), default="zarr",
                    help="output format when --output is a folder (default: zarr)")
+    cluster = p.add_argument_group("cluster (dask.distributed)")
+    where = cluster.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the workers of the dask scheduler at ADDRESS "
+                            "(e.g. tcp://10.0.0.5:8786); inputs, model and outputs must be on a "
+                            "filesystem all workers share")
+    where.add_argument("--local-cluster", metavar="N", type=int,
+                       help="start N dask worker processes on this machine and run on them")
     add_settings_arguments(p, PredictSettings)
     p.set_defaults(run=run)
 
@@ -57,6 +73,30 @@ def output_for(inp: Path, output: Path, fmt: str, many: bool) -> Path:
     return output / f"{stem}_labels.{fmt}"
 
 
+def connect(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(client, cluster)`` for ``--scheduler`` / ``--local-cluster``, else ``(None, None)``."""
+    from napari_semseg.core.errors import SemSegError
+
+    if args.scheduler is None and args.local_cluster is None:
+        return None, None
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - distributed is a dependency
+        raise SemSegError("--scheduler/--local-cluster need dask.distributed: "
+                          "pip install distributed") from exc
+    if args.scheduler is not None:
+        try:
+            return Client(args.scheduler, timeout=CONNECT_TIMEOUT), None
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise SemSegError(f"cannot connect to the dask scheduler at {args.scheduler}: "
+                              f"{exc}") from None
+    if args.local_cluster < 1:
+        raise SemSegError(f"--local-cluster needs at least 1 worker, got {args.local_cluster}")
+    cluster = LocalCluster(n_workers=args.local_cluster, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=40)
+    return Client(cluster), cluster
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -64,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_semseg.core.io import open_image
     from napari_semseg.core.models import load_model
     from napari_semseg.core.predict import iter_segment
-    from napari_semseg.core.writers import check_output
+    from napari_semseg.core.writers import check_output, is_complete
 
     settings = settings_from_args(PredictSettings, args).validated()
     model = load_model(args.model)
@@ -84,32 +124,45 @@ def run(args: argparse.Namespace) -> int:
     for inp in inputs:
         out = output_for(inp, output, args.format, many)
         open_image(inp, settings.channel_axis, expected_channels=model.metadata.in_channels)
-        if out.exists() and settings.resume and not out.with_name(out.name + ".partial").exists():
+        if settings.resume and is_complete(out):
             skipped.append(inp)
+            print(f"{inp}: {out} is already complete, skipped")
             continue
         check_output(out, settings.overwrite, settings.resume)
         jobs.append((inp, out))
+    client, cluster = connect(args)
+    # workers load the model from its file once each; locally the loaded model is reused
+    use_model: Any = str(Path(args.model).resolve()) if client is not None else model
+    unit = "chunk" if client is not None else "tile"
     failed = []
-    for inp, out in jobs:
-        bar = None  # created at the first event, so that input errors print one line only
-        try:
-            for event in iter_segment(inp, model, settings, output=out):
-                if bar is None:
-                    bar = tqdm(total=event.total, unit="tile", desc=inp.name, file=sys.stderr)
-                bar.total = event.total
-                bar.n = event.done
-                bar.refresh()
-            if bar is not None:
-                bar.close()
-            print(f"{inp} -> {out}")
-        except SemSegError as exc:
-            if bar is not None:
-                bar.close()
-            if len(jobs) == 1:
-                raise
-            print(f"napari-semseg predict: {inp}: error: {exc}", file=sys.stderr)
-            failed.append(inp)
-    if len(inputs) > 1:
+    try:
+        for inp, out in jobs:
+            bar = None  # created at the first event, so that input errors print one line only
+            try:
+                for event in iter_segment(inp, use_model, settings, output=out, client=client):
+                    if bar is None:
+                        if "resuming" in event.message:
+                            print(f"{inp}: {event.message}", file=sys.stderr)
+                        bar = tqdm(total=event.total, unit=unit, desc=inp.name, file=sys.stderr)
+                    bar.total = event.total
+                    bar.n = event.done
+                    bar.refresh()
+                if bar is not None:
+                    bar.close()
+                print(f"{inp} -> {out}")
+            except (SemSegError, RuntimeError, OSError) as exc:
+                if bar is not None:
+                    bar.close()
+                if len(jobs) == 1 and not skipped:
+                    raise
+                print(f"napari-semseg predict: {inp}: error: {exc}", file=sys.stderr)
+                failed.append(inp)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    if len(inputs) > 1 or settings.resume:
         print(f"summary: {len(jobs) - len(failed)} done, {len(skipped)} skipped (already "
               f"complete), {len(failed)} failed")
     return 1 if failed else 0
