@@ -36,6 +36,8 @@ def test_segment_em_sample_fills_labels_with_model_classes(viewer, h, notificati
     w = h.dock(viewer, "Segment")
     model_path = h.sample("em_model.safetensors")
     assert w.model.choice() == ("file", str(model_path))  # picked from the sample's metadata
+    # the model loads in the background as soon as it is chosen (a user clicks seconds later)
+    h.wait_until(lambda: w.model.ready() and "loading" not in w.model_info.text())
     with h.Heartbeat() as hb:
         job = w.run()
         assert job is not None, w.status.text()
@@ -75,6 +77,7 @@ def test_segment_is_responsive_on_the_aerial_sample(viewer, h):
     viewer.open_sample("napari-semseg", "aerial")
     w = h.dock(viewer, "Segment")
     assert w.model.choice()[1].endswith("aerial_model.safetensors")
+    h.wait_until(w.model.ready)
     with h.Heartbeat() as hb:
         assert w.run() is not None, w.status.text()
         w.wait(timeout=120)

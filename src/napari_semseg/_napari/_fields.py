@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,37 @@ def bundled_models() -> dict[str, Path]:
     return out
 
 
+_LOADS: OrderedDict[tuple, Future] = OrderedDict()
+_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semseg-model-load")
+CACHED_MODELS = 4
+
+
+def preload(path: str | Path) -> Future:
+    """Start loading a model file in a background thread (once per file version); the future
+    holds the model or the error. Jobs reuse it, so pressing Segment does not wait for it."""
+    from ..core.models import load_model
+    from ._jobs import lower_thread_priority
+
+    p = Path(path)
+    try:
+        stat = p.stat()
+        key = (str(p.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = (str(p), 0, 0)
+    future = _LOADS.get(key)
+    if future is None:
+        def load() -> Any:
+            lower_thread_priority()
+            return load_model(p)
+
+        future = _LOADS[key] = _LOADER.submit(load)
+        while len(_LOADS) > CACHED_MODELS:
+            _LOADS.popitem(last=False)
+    else:
+        _LOADS.move_to_end(key)
+    return future
+
+
 class ModelField(QWidget):
     """Choose a model: trained in this viewer, bundled with the package, or a file.
 
@@ -145,6 +178,7 @@ class ModelField(QWidget):
     """
 
     changed = Signal()
+    loaded = Signal()  # a model file finished loading in the background
 
     def __init__(self, viewer: Any, *, allow_new: bool = False, follow_trained: bool = True,
                  parent: QWidget | None = None) -> None:
@@ -169,7 +203,9 @@ class ModelField(QWidget):
         self.registry = trained_models(viewer)
         self.registry.changed.connect(self._on_trained)
         self.combo.currentIndexChanged.connect(lambda *_: self.changed.emit())
+        self.changed.connect(self._preload_choice)
         self.refresh()
+        self._preload_choice()
 
     # choices -----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -250,16 +286,40 @@ class ModelField(QWidget):
         return None
 
     def loader(self) -> Any:
-        """A callable returning the model (run it in the worker: loading weights takes time)."""
-        from ..core.models import load_model
-
+        """A callable returning the model (call it in the worker: it may wait for the file to
+        load). Files are loaded once, in the background, as soon as they are chosen."""
         kind, ref = self.choice() or (None, None)
         if kind == "trained":
             model = self.registry.get(ref)
             return lambda: model
         if kind == "file":
-            return lambda: load_model(ref)
+            future = preload(ref)
+            return future.result
         return lambda: None
+
+    def _preload_choice(self) -> None:
+        kind, ref = self.choice() or (None, None)
+        if kind == "file":
+            try:
+                self.metadata()  # only real model files are loaded
+            except SemSegError:
+                return
+            future = preload(ref)
+            if not future.done():  # tell the widget when it is ready (queued to the GUI thread)
+                future.add_done_callback(self._emit_loaded)
+
+    def _emit_loaded(self, _future: Future) -> None:
+        try:
+            self.loaded.emit()
+        except RuntimeError:  # the widget was closed meanwhile
+            pass
+
+    def ready(self) -> bool:
+        """True when the chosen model is in memory (a job would start computing at once)."""
+        kind, ref = self.choice() or (None, None)
+        if kind == "file":
+            return preload(ref).done()
+        return True
 
     def describe(self) -> str:
         try:
@@ -269,8 +329,9 @@ class ModelField(QWidget):
         if meta is None:
             return "a new model (architecture and encoder below)"
         classes = ", ".join(meta.class_names)
+        state = "" if self.ready() else " (loading…)"
         return (f"{meta.arch}/{meta.encoder}, {meta.in_channels} channel(s), "
-                f"{meta.classes} classes: {classes}")
+                f"{meta.classes} classes: {classes}{state}")
 
 
 class StatusLine(QLabel):

@@ -116,6 +116,7 @@ class SegmentWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.model.changed.connect(self._model_changed)
+        self.model.loaded.connect(self._model_changed)
         self.image.currentIndexChanged.connect(self._image_changed)
         self._image_changed()
         self._model_changed()
