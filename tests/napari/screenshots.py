@@ -69,15 +69,14 @@ def train_shot(path: Path) -> None:
     _, w = viewer.window.add_plugin_dock_widget("napari-semseg", "Train")
     w.image.select(image)
     w.annotations.select(strokes)
-    w.form.set(time_budget=90.0)
+    w.form.set(time_budget=300.0)
     viewer.reset_view()
     job = w.train()
     assert job is not None, w.status.text()
     previews = lambda: [ly for ly in viewer.layers  # noqa: E731
                         if (ly.metadata.get("napari_semseg") or {}).get("role") == "preview"]
     _until(lambda: (len(w.plot.iou) >= 3 and previews()) or not job.running, 300)
-    strokes.visible = True
-    viewer.layers.move(viewer.layers.index(strokes), len(viewer.layers) - 1)
+    viewer.layers.move(viewer.layers.index(strokes), len(viewer.layers))  # strokes on top
     _pump(0.3)
     viewer.screenshot(path=str(path), canvas_only=False, flash=False)
     w.stop()

@@ -95,6 +95,7 @@ def test_stop_continue_and_save(viewer, h, tmp_path):
     from napari_semseg import load_model
 
     w, image, strokes = _open_training_sample(viewer, h)
+    assert w.class_names.text() == "membrane, interior"  # the classes of the chosen layer
     before = np.array(strokes.data, copy=True)
     w.form.set(time_budget=300.0)
     w.live_preview.setChecked(False)

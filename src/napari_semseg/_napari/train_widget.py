@@ -196,7 +196,9 @@ class TrainWidget(QWidget):
         self.continue_button.clicked.connect(self.continue_training)
         self.save_button.clicked.connect(self._save_dialog)
         self.base_model.changed.connect(self._base_changed)
+        self.annotations.currentIndexChanged.connect(self._annotations_changed)
         self._base_changed()
+        self._annotations_changed()
         self._set_running(False)
 
     # fields ----------------------------------------------------------------------------------
@@ -204,6 +206,14 @@ class TrainWidget(QWidget):
         new = self.base_model.is_new()
         self.arch.setEnabled(new)
         self.encoder.setEnabled(new)
+
+    def _annotations_changed(self, *_: Any) -> None:
+        """Show the class names of the chosen annotation layer, when it has some."""
+        layer = self.annotations.layer()
+        if layer is not None:
+            names = layer_classes(layer)[0]
+            if names:
+                self.class_names.setText(", ".join(names))
 
     def _names(self) -> list[str]:
         return [n.strip() for n in self.class_names.text().split(",") if n.strip()]
