@@ -217,3 +217,12 @@ def test_worker_device_choice(monkeypatch):
     assert str(dist.worker_device("auto", 2)) == "cuda:2"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert str(dist.worker_device("auto", 5)) == "cuda:0"
+
+
+def test_blocks_for_limits_recomputed_border_tiles():
+    assert dist.blocks_for((4, 4), 1) == 1  # one worker thread: one block, nothing recomputed
+    assert dist.blocks_for((4, 4), 2) == 2  # at least one block per thread
+    n = dist.blocks_for((32, 32), 2)
+    assert 4 <= n <= 8 and dist._block_tiles((32, 32), n) <= 1.10
+    assert dist._block_tiles((8, 8), 1) == 1.0
+    assert dist._block_tiles((8, 8), 4) == 81 / 64  # 2x2 blocks: one shared tile row and column

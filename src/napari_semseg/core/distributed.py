@@ -73,9 +73,9 @@ def plan_blocks(chunks: Iterable[tuple[int, int]], counts: tuple[int, int],
 
     Tiles on block borders are computed twice, so blocks are made as large and square as the
     wanted number of blocks allows: among block shapes giving at least ``n_blocks`` blocks, the
-    one with the fewest tiles in total (a block of ``h x w`` chunks needs about
-    ``(h + 1) x (w + 1)`` tiles). Blocks list their chunks in raster order; empty blocks are
-    dropped.
+    one with the fewest tiles in total (a block of ``h x w`` chunks needs ``(h + 1) x (w + 1)``
+    tiles, one row/column less at the image's top/left edge). Blocks list their chunks in
+    raster order; empty blocks are dropped.
     """
     chunks = sorted(set(chunks))
     if not chunks:
@@ -88,7 +88,8 @@ def plan_blocks(chunks: Iterable[tuple[int, int]], counts: tuple[int, int],
             nb = math.ceil(rows / bh) * math.ceil(cols / bw)
             if nb < n_blocks:
                 continue
-            cost = nb * (bh + 1) * (bw + 1)
+            nr, nc = math.ceil(rows / bh), math.ceil(cols / bw)
+            cost = (rows + nr - 1) * (cols + nc - 1)  # tiles, border tiles counted twice
             key = (cost, -nb, abs(bh - bw), bh)
             if best is None or key < best[:4]:
                 best = (cost, -nb, abs(bh - bw), bh, bw)  # type: ignore[assignment]
@@ -100,6 +101,33 @@ def plan_blocks(chunks: Iterable[tuple[int, int]], counts: tuple[int, int],
     for ci, cj in chunks:
         groups.setdefault((ci // bh, cj // bw), []).append((ci, cj))
     return [groups[k] for k in sorted(groups)]
+
+
+def _block_tiles(counts: tuple[int, int], n_blocks: int) -> float:
+    """Tiles computed (relative to a local run) when the chunk grid is cut into ``n_blocks``."""
+    rows, cols = counts
+    best = math.inf
+    for bh in range(1, rows + 1):
+        for bw in range(1, cols + 1):
+            nr, nc = math.ceil(rows / bh), math.ceil(cols / bw)
+            if nr * nc < n_blocks:
+                continue
+            # a block needs one more tile row/column than it has chunks, except at the top/left
+            best = min(best, (rows + nr - 1) * (cols + nc - 1))
+    return best / (rows * cols)
+
+
+def blocks_for(counts: tuple[int, int], n_threads: int, per_thread: int = 4,
+               max_extra: float = 0.10) -> int:
+    """How many blocks to cut a plane into: up to ``per_thread`` per worker thread (balance,
+    finer resume), as long as the tiles computed twice on block borders stay within
+    ``max_extra`` (10 %) of the plane's tiles; at least one block per worker thread."""
+    n_chunks = counts[0] * counts[1]
+    for k in range(per_thread, 1, -1):
+        n = k * n_threads
+        if n <= n_chunks and _block_tiles(counts, n) <= 1 + max_extra:
+            return n
+    return max(1, min(n_threads, n_chunks))
 
 
 # ------------------------------------------------------------------------------------------
@@ -366,7 +394,7 @@ def _image_for_workers(image: Any, client: Any) -> tuple[Any, Any]:
 def iter_segment_distributed(image: Any, model: Any, settings: PredictSettings, *,
                              output: Any = None, client: Any,
                              should_stop: Callable[[], bool] | None = None,
-                             blocks_per_thread: int = 2, wait_for_workers: float = 30.0,
+                             blocks_per_thread: int = 4, wait_for_workers: float = 30.0,
                              ) -> Generator[PredictProgress, None, Any]:
     """Segment on the workers of ``client``; yields progress (in chunks), returns the result.
 
@@ -413,7 +441,8 @@ def iter_segment_distributed(image: Any, model: Any, settings: PredictSettings, 
         for p in range(job.source.n_planes):
             wanted = [c for c in grid.chunks() if (p,) + c not in done_before]
             for block in plan_blocks(wanted, grid.chunk_counts,
-                                     max(1, blocks_per_thread * n_threads)):
+                                     blocks_for(grid.chunk_counts, n_threads,
+                                                blocks_per_thread)):
                 tasks.append((p, block))
         total = sum(len(b) for _, b in tasks)
         futures = [client.submit(run_block, job_future, p, block, task_image, model_bytes,
