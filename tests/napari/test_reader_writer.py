@@ -172,3 +172,34 @@ def test_open_and_save_through_the_viewer(viewer, tmp_path):
     assert np.array_equal(tifffile.imread(out), labels.data)
     with tifffile.TiffFile(out) as tf:
         assert 34735 in tf.pages.first.tags
+
+
+@pytest.mark.gui
+def test_geotiff_segmented_and_saved_keeps_its_georeferencing(viewer, h, tmp_path):
+    """Open a GeoTIFF, segment it in the widget, save the labels: the tags travel along."""
+    import tifffile
+    import torch
+
+    from napari_semseg import build_model, save_model
+
+    src = tmp_path / "scene.tif"
+    rgb = np.random.default_rng(0).integers(0, 255, (200, 240, 3), dtype=np.uint8)
+    tifffile.imwrite(src, rgb, photometric="rgb", extratags=GEO)
+    torch.manual_seed(0)
+    model = save_model(build_model("unet", "resnet18", 3, 2, encoder_depth=3,
+                                   decoder_channels=(32, 16, 8), tile=256, halo=16),
+                       tmp_path / "rgb.safetensors")
+    (image,) = viewer.open(str(src), plugin="napari-semseg")
+    assert image.rgb
+    w = h.dock(viewer, "Segment")
+    w.model.set_file(model)
+    assert w.run() is not None, w.status.text()
+    w.wait()
+    labels = viewer.layers[-1]
+    assert labels.metadata["napari_semseg"]["geo_tags"]
+    out = tmp_path / "labels.tif"
+    labels.save(str(out), plugin="napari-semseg")
+    with tifffile.TiffFile(out) as tf:
+        tags = tf.pages.first.tags
+        assert tuple(tags[33922].value) == GEO[1][3] and tuple(tags[34735].value) == GEO[2][3]
+    assert np.array_equal(tifffile.imread(out), np.asarray(labels.data))

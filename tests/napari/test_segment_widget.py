@@ -94,7 +94,7 @@ def test_segment_is_responsive_on_the_aerial_sample(viewer, h):
 def test_cancel_leaves_a_marked_incomplete_layer_and_reenables_buttons(viewer, h,
                                                                       tiny_model_file):
     rng = np.random.default_rng(0)
-    viewer.add_image(rng.integers(0, 255, (1536, 1536), dtype=np.uint8), name="big")
+    viewer.add_image(rng.integers(0, 255, (1024, 1024), dtype=np.uint8), name="big")
     w = h.dock(viewer, "Segment")
     w.model.set_file(tiny_model_file)
     w.form.set(tile=256, overlap=32)
