@@ -334,6 +334,15 @@ class ModelField(QWidget):
                 f"{meta.classes} classes: {classes}{state}")
 
 
+def gui_wording(text: str) -> str:
+    """Engine messages name CLI options (``--device``); the widgets' fields have the same names
+    without dashes. Drop "(CLI: ...)" hints."""
+    import re
+
+    text = re.sub(r"\s*\(CLI: [^)]*\)", "", text)
+    return re.sub(r"(?<![\w-])--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", " "), text)
+
+
 class StatusLine(QLabel):
     """A one-line status/error message under a widget's buttons."""
 
@@ -350,6 +359,7 @@ class StatusLine(QLabel):
     def error(self, text: str) -> None:
         from napari.utils.notifications import show_error
 
+        text = gui_wording(text)
         self.setStyleSheet("color: #e06666")
         self.setText(text)
         show_error(text)
