@@ -24,9 +24,10 @@ def load_backend() -> None:
     global _loaded
     if _loaded:
         return
-    from ..core import models, predict  # noqa: F401  (torch; models runs the triton guard)
+    from ..core import models
 
     models._smp()  # preload_triton() then import segmentation_models_pytorch
+    from ..core import predict, train  # noqa: F401  (the job modules)
     import numpy as np
     import pandas  # noqa: F401  (napari imports it on the first layer with features: 0.3 s)
     from napari.layers import Labels

@@ -32,6 +32,7 @@ from ._backend import load_backend
 
 load_backend()  # torch + smp on the main thread, triton guarded (see _backend)
 
+from ..core import train as trainer  # noqa: E402
 from ..core.errors import SemSegError  # noqa: E402
 from ..core.models import ARCHITECTURES, save_model  # noqa: E402
 from ..core.predict import iter_segment  # noqa: E402
@@ -63,12 +64,6 @@ GUI_DEFAULTS = {"encoder": "mobilenet_v2", "encoder_depth": 4, "decoder_channels
                 "time_budget": 120.0, "steps_per_epoch": 20}
 FEED_DELAY_MS = 1000  # strokes are handed to the trainer at most once a second
 PREVIEW_SECONDS = 4.0  # minimum time between two previews
-
-
-def _train_module() -> Any:
-    from ..core import train
-
-    return train
 
 
 class TrainWidget(QWidget):
@@ -312,21 +307,21 @@ class TrainWidget(QWidget):
             return None
         try:
             plan = self._plan(continue_from)
-            train = _train_module()
         except SemSegError as exc:
             self.status.error(str(exc))
             return None
         self._plan_info = plan
-        self.feed = train.AnnotationFeed()
+        self.feed = trainer.AnnotationFeed()
         self._watch(plan["annotations_layer"])
         if continue_from is None:
             self.plot.clear()
             self._step_offset = 0
         else:
             self._step_offset = self._last_step
+
         def job(should_stop):
             base = plan["loader"]()  # a copy is trained: models in the viewer stay as they are
-            return (yield from train.iter_train(
+            return (yield from trainer.iter_train(
                 plan["source"], plan["annotations"], plan["settings"], model=base,
                 class_names=plan["class_names"], class_colors=plan["class_colors"],
                 feed=self.feed, should_stop=should_stop))
