@@ -27,10 +27,11 @@ def load_backend() -> None:
     from ..core import models
 
     models._smp()  # preload_triton() then import segmentation_models_pytorch
-    from ..core import predict, train  # noqa: F401  (the job modules)
     import numpy as np
     import pandas  # noqa: F401  (napari imports it on the first layer with features: 0.3 s)
     from napari.layers import Labels
+
+    from ..core import predict, train  # noqa: F401  (the job modules)
 
     Labels(np.zeros((2, 2), np.uint8))  # napari's one-time colormap set-up (0.3 s) happens now
     # torch + smp + napari leave ~10^6 long-lived objects; every full garbage collection walks

@@ -17,7 +17,6 @@ import numpy as np
 from ..core.progress import ChunkResult
 from ._layers import KEY, class_colormap, class_features, owned_layers, put_layer
 
-
 PENDING = "not computed yet"  # what label 0 means in a result layer
 
 
@@ -214,7 +213,7 @@ class ResultLayers:
 
     def abandon(self) -> None:
         """After a cancel or an error: drop empty layers; mark partial ones as incomplete."""
-        for role, layer in list(self.layers.items()):
+        for layer in list(self.layers.values()):
             if layer not in self.viewer.layers:
                 continue
             if self.chunks_received == 0:

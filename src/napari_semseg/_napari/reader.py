@@ -124,7 +124,7 @@ def read_tiff(path: str | Path) -> list[LayerData]:
         kwargs["scale"] = scale
     if ours.get("translate") and len(ours["translate"]) == len(spatial_axes):
         kwargs["translate"] = ours["translate"]
-    if spatial_axes and all(a.isalpha() for a in spatial_axes) and len(set(spatial_axes)) == len(spatial_axes):
+    if spatial_axes.isalpha() and len(set(spatial_axes)) == len(spatial_axes):
         kwargs["axis_labels"] = [a.lower() for a in spatial_axes]
     is_labels = ours.get("kind") == "labels" or (
         not rgb and dtype.kind in "iu" and re.search(r"(label|mask|annotation)", path.name.lower()))

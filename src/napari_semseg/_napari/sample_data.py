@@ -76,7 +76,7 @@ def example_strokes() -> Any:
 
 
 def em_training_sample() -> list[LayerData]:
-    """ISBI 2012 EM slice 0 with example strokes (1 membrane, 2 interior) to try the Train widget."""
+    """ISBI 2012 EM slice 0 with example strokes (1 membrane, 2 interior), for the Train widget."""
     import tifffile
 
     from ._layers import class_colormap, class_features, default_colors

@@ -126,9 +126,8 @@ class SegmentWidget(QWidget):
         """Images from the bundled samples pick their matching model."""
         layer = self.image.layer()
         hint = (layer.metadata.get(KEY, {}) or {}).get("model") if layer is not None else None
-        if hint:
-            if not self.model.select(("file", str(hint))):
-                self.model.set_file(hint)
+        if hint and not self.model.select(("file", str(hint))):
+            self.model.set_file(hint)
 
     def _model_changed(self) -> None:
         self.model_info.setText(self.model.describe())

@@ -9,7 +9,6 @@ zarr) and larger than memory: only one block is read at a time.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
