@@ -332,6 +332,9 @@ class TrainWidget(QWidget):
         self.events_seen = 0
         budget = plan["settings"].time_budget
         self.status.info("starting…" + (f" (budget {budget:.0f} s)" if budget else ""))
+        from napari.utils import progress
+
+        self._pbar = progress(total=0, desc="napari-semseg: train")  # in the activity dock
         self.job = Job(job, self._on_event, self._on_done).start()
         return self.job
 
@@ -377,12 +380,21 @@ class TrainWidget(QWidget):
         if event.eta is not None:
             parts.append(f"ETA {event.eta:.0f} s")
         self.status.info(" · ".join(parts))
+        if self._pbar is not None:
+            if total and self._pbar.total != total:
+                self._pbar.total = int(total)
+            if total:
+                self._pbar.update(max(0, int(event.step) - self._pbar.n))
+            self._pbar.set_description(f"napari-semseg: train · {parts[0]}")
         if event.epoch_end and event.model is not None:
             self._pending_preview = event.model
             self._maybe_preview()
 
     def _on_done(self, outcome: Outcome) -> None:
         self._feed_timer.stop()
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
         self._unwatch()
         seconds = time.perf_counter() - self._started
         if outcome.ok and outcome.result is not None:
