@@ -262,7 +262,7 @@ def run_block(job: BlockJob, plane: int, chunks: list[tuple[int, int]], image: A
     ``image`` and ``model_bytes`` (scattered once, passed to every task) stand in for
     ``job.image`` and the model file when the caller gave in-memory objects.
 
-    Returns a summary ``{"chunks", "tiles", "worker", "results"}`` (``results``: the chunks
+    Returns a summary ``{"chunks", "worker", "results"}`` (``results``: the chunks
     themselves when the run has no output file). Any failure is raised as a
     :class:`SemSegError` naming the worker.
     """
@@ -270,7 +270,7 @@ def run_block(job: BlockJob, plane: int, chunks: list[tuple[int, int]], image: A
     try:
         return _run_block(job, plane, chunks, name, image, model_bytes)
     except Cancelled:
-        return {"chunks": 0, "tiles": 0, "worker": address, "results": [], "cancelled": True}
+        return {"chunks": 0, "worker": address, "results": [], "cancelled": True}
     except SemSegError as exc:
         raise SemSegError(f"worker {address}: {exc}") from None
     except Exception as exc:
@@ -284,8 +284,7 @@ def run_block(job: BlockJob, plane: int, chunks: list[tuple[int, int]], image: A
 def _run_block(job: BlockJob, plane: int, chunks: list[tuple[int, int]], name: Any,
                image: Any, model_bytes: bytes | None) -> dict[str, Any]:
     from .io import open_image
-    from .memory import reuse_freed_memory
-    from .predict import _halve_tile_size, _TileTooLarge, auto_batch_size, iter_plane
+    from .predict import BackgroundWriter, auto_batch_size
     from .writers import ZarrSink
 
     _set_threads(job)
@@ -300,35 +299,42 @@ def _run_block(job: BlockJob, plane: int, chunks: list[tuple[int, int]], name: A
         sink = ZarrSink(Path(job.store), job.layout, {}, attach=True)
         done = sink.done_chunks()
         wanted = {c for c in wanted if (plane,) + c not in done}
-    tile, overlap, margin = job.tile, job.overlap, job.margin
-    batch = auto_batch_size(device, tile, job.settings.batch_size)
+    batch = auto_batch_size(device, job.tile, job.settings.batch_size)
     stop = _cancelled(job)
     results: list[ChunkResult] = []
-    n_tiles = n_chunks = 0
-    with reuse_freed_memory(device.type == "cpu"):
+    writer = BackgroundWriter(sink.write if sink is not None else results.append)
+    try:
+        _compute_block(job, source, plane, wanted, pred, stride, batch, stop, writer)
+        writer.flush()
+    finally:
+        writer.close()
+    return {"chunks": len(chunks), "worker": _worker_name()[0], "results": results}
+
+
+def _compute_block(job: BlockJob, source: Any, plane: int, wanted: set[tuple[int, int]],
+                   pred: Any, stride: int, batch: int, stop: Callable[[], bool],
+                   writer: Any) -> None:
+    from .memory import reuse_freed_memory
+    from .predict import _halve_tile_size, _TileTooLarge, iter_plane
+
+    tile, overlap, margin = job.tile, job.overlap, job.margin
+    with reuse_freed_memory(pred.device.type == "cpu"):
         while wanted:
             grid = TileGrid.plan(source.plane_shape, tile, overlap, stride, job.chunk, margin)
             try:
-                for n, finished in iter_plane(source, plane, grid, pred, set(wanted), batch,
-                                              probabilities=job.settings.probabilities,
-                                              uncertainty=job.settings.uncertainty,
-                                              label_dtype=job.layout.label_dtype):
-                    n_tiles += n
+                for _n, finished in iter_plane(source, plane, grid, pred, set(wanted), batch,
+                                               probabilities=job.settings.probabilities,
+                                               uncertainty=job.settings.uncertainty,
+                                               label_dtype=job.layout.label_dtype):
                     for ch in finished:
-                        if sink is not None:
-                            sink.write(ch)
-                        else:
-                            results.append(ch)
+                        writer.put(ch)
                         wanted.discard((ch.region[0].start // job.chunk,
                                         ch.region[1].start // job.chunk))
-                        n_chunks += 1
                     if stop():
                         raise Cancelled("cancelled by the client")
             except _TileTooLarge:
                 tile, overlap = _halve_tile_size(tile, job.overlap, stride)
                 margin = overlap // 4
-    return {"chunks": n_chunks, "tiles": n_tiles, "worker": _worker_name()[0],
-            "results": results}
 
 
 # ------------------------------------------------------------------------------------------

@@ -197,32 +197,24 @@ class TilePredictor:
             if weights is not None:
                 for b, wt in enumerate(weights):
                     probs[b].mul_(wt)
-            if self.device.type != "cpu":
-                probs = probs.half()
         return probs
 
-    def launch(self, batch: torch.Tensor,
-               weights: list[torch.Tensor] | None = None) -> Callable[[], np.ndarray]:
-        """Start computing a batch; return a function that waits for and returns the result.
+    def predict(self, batch: torch.Tensor,
+                weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Blended probabilities ``(B, K, H, W)`` (float32) of a raw batch, on the device.
 
-        On a GPU the work is queued on the device and copied back without blocking, so the
-        caller can post-process the previous batch meanwhile. On the CPU the work is done here.
+        On a GPU the work is only queued (nothing waits for it here), so the caller can go on
+        with the previous batch's results meanwhile.
         """
         n = batch.shape[0]
         step = min(n, self.max_batch or n)
-        cuda = self.device.type == "cuda"
         parts: list[torch.Tensor] = []
         i = 0
         while i < n:
             part = batch[i:i + step]
             try:
-                probs = self._run(part.to(self.device, non_blocking=True),
-                                  None if weights is None else weights[i:i + step])
-                if cuda:
-                    host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
-                    parts.append(host.copy_(probs, non_blocking=True))
-                else:
-                    parts.append(probs)
+                parts.append(self._run(part.to(self.device, non_blocking=True),
+                                       None if weights is None else weights[i:i + step]))
                 i += step
             except Exception as exc:
                 if not is_out_of_memory(exc):
@@ -232,23 +224,12 @@ class TilePredictor:
                     raise _TileTooLarge() from exc
                 step = max(1, step // 2)
                 self.max_batch = step
-        event = None
-        if cuda:
-            event = torch.cuda.Event()
-            event.record()
-
-        def result() -> np.ndarray:
-            if event is not None:
-                event.synchronize()
-            out = parts[0] if len(parts) == 1 else torch.cat(parts)
-            return out.numpy()
-
-        return result
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def __call__(self, batch: torch.Tensor,
                  weights: list[torch.Tensor] | None = None) -> np.ndarray:
-        """Probabilities ``(B, K, H, W)`` (float32 on CPU, float16 from a GPU) for a raw batch."""
-        return self.launch(batch, weights)()
+        """Probabilities ``(B, K, H, W)`` as a float32 numpy array (waits for the device)."""
+        return self.predict(batch, weights).float().cpu().numpy()
 
 
 def _prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
@@ -294,6 +275,52 @@ def _prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
                 thread.join(timeout=0.05)
 
 
+class BackgroundWriter:
+    """Hand finished chunks to ``write`` in a background thread (compression and disk writes
+    overlap with the next forward passes). At most ``depth`` chunks wait; the first error of
+    the thread is raised by the next :meth:`put` or by :meth:`flush`."""
+
+    def __init__(self, write: Callable[[ChunkResult], Any], depth: int = 8) -> None:
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, daemon=True, name="semseg-writer")
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write(item)
+            except BaseException as exc:  # handed to the producer
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def put(self, chunk: ChunkResult) -> None:
+        self._raise()
+        self._queue.put(chunk)
+
+    def flush(self) -> None:
+        """Wait until every chunk handed over is written."""
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread (errors are not raised here)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 def read_tile(source: ImageSource, plane: int, grid: TileGrid, i: int, j: int) -> np.ndarray:
     """Read tile ``(i, j)``; the part beyond the image (less than one stride) is reflected."""
     rows, cols = grid.tile_region(i, j)
@@ -334,20 +361,54 @@ def _batches(source: ImageSource, plane: int, grid: TileGrid, tiles: list[tuple[
         yield group, (x.pin_memory() if pin else x)
 
 
-def finish_chunk(acc: np.ndarray, plane: int, region: tuple[slice, slice], *,
-                 probabilities: bool, uncertainty: bool, label_dtype: np.dtype) -> ChunkResult:
-    """Turn accumulated probabilities ``(K, h, w)`` into labels 1..K and optional uint8 maps."""
-    t = torch.from_numpy(acc)
-    labels = (t.argmax(dim=0) + 1).numpy().astype(label_dtype)
+def _finish_tensors(acc: torch.Tensor, *, probabilities: bool, uncertainty: bool,
+                    label_dtype: np.dtype) -> list[torch.Tensor | None]:
+    """Labels 1..K and optional uint8 probabilities / normalized entropy, on acc's device."""
+    labels = acc.argmax(dim=0).add_(1)
+    labels = labels.to(torch.uint8 if label_dtype == np.uint8 else torch.int32)
     probs = unc = None
     if probabilities:
-        probs = (t * 255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        probs = (acc * 255).round_().clamp_(0, 255).to(torch.uint8)
     if uncertainty:
         k = acc.shape[0]
-        p = t.clamp(1e-7, 1.0)
+        p = acc.clamp(1e-7, 1.0)
         ent = (p * p.log()).sum(dim=0).mul_(-1.0 / math.log(k))
-        unc = (ent * 255).round_().clamp_(0, 255).to(torch.uint8).numpy()
-    return ChunkResult(plane, region, labels, probs, unc)
+        unc = ent.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    return [labels, probs, unc]
+
+
+def finish_chunk(acc: np.ndarray | torch.Tensor, plane: int, region: tuple[slice, slice], *,
+                 probabilities: bool, uncertainty: bool, label_dtype: np.dtype) -> ChunkResult:
+    """Turn accumulated probabilities ``(K, h, w)`` into labels 1..K and optional uint8 maps."""
+    t = torch.from_numpy(acc) if isinstance(acc, np.ndarray) else acc
+    parts = _finish_tensors(t, probabilities=probabilities, uncertainty=uncertainty,
+                            label_dtype=label_dtype)
+    labels, probs, unc = (None if x is None else x.cpu().numpy() for x in parts)
+    return ChunkResult(plane, region, labels.astype(label_dtype, copy=False), probs, unc)
+
+
+class _Finished:
+    """Chunk results still on the device; copied to pinned host memory without blocking."""
+
+    def __init__(self, plane: int, region: tuple[slice, slice], parts: list, label_dtype: Any,
+                 device: torch.device) -> None:
+        self.plane, self.region, self.label_dtype = plane, region, label_dtype
+        if device.type == "cuda":
+            host = []
+            for x in parts:
+                if x is None:
+                    host.append(None)
+                    continue
+                h = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+                host.append(h.copy_(x, non_blocking=True))
+            self.parts = host
+        else:
+            self.parts = [None if x is None else x.cpu() for x in parts]
+
+    def result(self) -> ChunkResult:
+        labels, probs, unc = (None if x is None else x.numpy() for x in self.parts)
+        return ChunkResult(self.plane, self.region,
+                           labels.astype(self.label_dtype, copy=False), probs, unc)
 
 
 def _weight_key(grid: TileGrid, i: int, j: int) -> tuple[int, int]:
@@ -366,27 +427,30 @@ def iter_plane(source: ImageSource, plane: int, grid: TileGrid, predictor: TileP
     """Predict the chunks ``wanted`` of one plane; yield ``(tiles_done, finished_chunks)`` per batch.
 
     Only tiles that touch a wanted chunk are computed, each once, in raster order. A chunk is
-    finished as soon as all tiles covering it are in, and its buffers are freed. Contributions to
-    a chunk are summed in raster order of the tiles, so any set of wanted chunks (a block on a
-    cluster worker, the chunks left by an interrupted run) gives bit-identical chunks.
+    finished as soon as all tiles covering it are in, and its buffers are freed. Accumulation
+    and finishing (argmax, quantization, entropy) run on the model's device; only the uint8
+    results come back. Contributions to a chunk are summed in raster order of the tiles, so
+    any set of wanted chunks (a block on a cluster worker, the chunks left by an interrupted
+    run) gives bit-identical chunks.
     """
     incidence = grid.incidence()
     tiles = sorted({t for c in wanted for t in incidence[c]})
     remaining = {c: len(incidence[c]) for c in wanted}
-    pending: dict[tuple[int, int], list[tuple[slice, slice, np.ndarray]]] = {}
+    pending: dict[tuple[int, int], list[tuple[slice, slice, torch.Tensor]]] = {}
     check_nan = np.issubdtype(source.dtype, np.floating)
-    pin = predictor.device.type == "cuda"
+    device = predictor.device
+    pin = device.type == "cuda"
     k = predictor.classes
-    acc_buf = np.empty((k, grid.chunk, grid.chunk), np.float32)
+    acc_buf = torch.empty((k, grid.chunk, grid.chunk), dtype=torch.float32, device=device)
     supports = ({i: grid.rows.support(i) for i in range(len(grid.rows))},
                 {j: grid.cols.support(j) for j in range(len(grid.cols))})
+    wkey = (grid.tile_shape, grid.rows.overlap, grid.rows.margin, grid.shape)
 
     def weights_of(group: list[tuple[int, int]]) -> list[torch.Tensor]:
-        return [predictor.weight((grid.tile_shape, grid.rows.overlap, grid.rows.margin,
-                                  grid.shape, _weight_key(grid, i, j)),
+        return [predictor.weight(wkey + _weight_key(grid, i, j),
                                  lambda i=i, j=j: grid.weight(i, j)) for i, j in group]
 
-    def consume(group: list[tuple[int, int]], probs: np.ndarray) -> list[ChunkResult]:
+    def consume(group: list[tuple[int, int]], probs: torch.Tensor) -> list[_Finished]:
         finished = []
         for (i, j), p in zip(group, probs):
             y0, x0 = grid.rows.origins[i], grid.cols.origins[j]
@@ -402,35 +466,43 @@ def iter_plane(source: ImageSource, plane: int, grid: TileGrid, predictor: TileP
                 cx = slice(rx0 - cols.start, rx1 - cols.start)
                 remaining[c] -= 1
                 if remaining[c]:
-                    pending.setdefault(c, []).append((cy, cx, piece.astype(np.float32)))
+                    pending.setdefault(c, []).append((cy, cx, piece.clone()))
                     continue
                 del remaining[c]
                 h, w = rows.stop - rows.start, cols.stop - cols.start
                 acc = acc_buf[:, :h, :w]
-                acc.fill(0.0)
+                acc.zero_()
                 for cy_, cx_, pc in pending.pop(c, ()):
                     acc[:, cy_, cx_] += pc
                 acc[:, cy, cx] += piece
-                finished.append(finish_chunk(acc, plane, (rows, cols),
-                                             probabilities=probabilities,
-                                             uncertainty=uncertainty, label_dtype=label_dtype))
+                parts = _finish_tensors(acc, probabilities=probabilities,
+                                        uncertainty=uncertainty, label_dtype=label_dtype)
+                finished.append(_Finished(plane, (rows, cols), parts, label_dtype, device))
         return finished
 
     batches = _batches(source, plane, grid, tiles, batch_size, pin, check_nan)
-    waiting: tuple[list, Callable[[], np.ndarray]] | None = None
-    overlap_device = predictor.asynchronous
-    for group, batch in (_prefetch(batches, prefetch) if prefetch else batches):
-        handle = predictor.launch(batch, weights_of(group))
-        if not overlap_device:
-            yield len(group), consume(group, handle())
-            continue
-        if waiting is not None:  # GPU: post-process the previous batch while this one runs
-            prev_group, prev = waiting
-            yield len(prev_group), consume(prev_group, prev())
-        waiting = (group, handle)
-    if waiting is not None:
-        prev_group, prev = waiting
-        yield len(prev_group), consume(prev_group, prev())
+    waiting: tuple[int, list[_Finished], Any] | None = None
+    with torch.inference_mode():
+        for group, batch in (_prefetch(batches, prefetch) if prefetch else batches):
+            done = consume(group, predictor.predict(batch, weights_of(group)))
+            if not predictor.asynchronous:
+                yield len(group), [f.result() for f in done]
+                continue
+            event = None
+            if device.type == "cuda":
+                event = torch.cuda.Event()
+                event.record()
+            if waiting is not None:  # the device works on this batch while we hand over the last
+                n, prev, prev_event = waiting
+                if prev_event is not None:
+                    prev_event.synchronize()
+                yield n, [f.result() for f in prev]
+            waiting = (len(group), done, event)
+        if waiting is not None:
+            n, prev, prev_event = waiting
+            if prev_event is not None:
+                prev_event.synchronize()
+            yield n, [f.result() for f in prev]
 
 
 def model_digest(model: SemSegModel) -> str:
@@ -541,6 +613,7 @@ def run_local(job: SegmentJob, *, should_stop: Callable[[], bool] | None = None,
     """Run a prepared job in this process (see :func:`iter_segment`)."""
     settings, plan, device = job.settings, job.plan, job.device
     sink = job.make_sink()
+    writer = BackgroundWriter(sink.write)
     completed = False
     try:
         done_before = sink.done_chunks()
@@ -568,7 +641,7 @@ def run_local(job: SegmentJob, *, should_stop: Callable[[], bool] | None = None,
                                 uncertainty=settings.uncertainty,
                                 label_dtype=job.layout.label_dtype):
                             for ch in chunks:
-                                sink.write(ch)
+                                writer.put(ch)
                                 wanted[p].discard((ch.region[0].start // plan.chunk,
                                                    ch.region[1].start // plan.chunk))
                             done += n
@@ -578,14 +651,17 @@ def run_local(job: SegmentJob, *, should_stop: Callable[[], bool] | None = None,
                             if should_stop is not None and should_stop():
                                 raise Cancelled("segmentation cancelled")
                     except _TileTooLarge:
-                        tile, overlap = _halve_tile_size(tile, plan.overlap, job.model.metadata.stride)
+                        tile, overlap = _halve_tile_size(tile, plan.overlap,
+                                                         job.model.metadata.stride)
                         plane_grid = job.grid(tile, overlap)
                         yield PredictProgress(min(done, total), total,
                                               message=f"out of memory: tile now {tile}")
+        writer.flush()
         result = sink.finish()
         completed = True
         return result
     finally:
+        writer.close()  # chunks already computed are written: a resume keeps them
         if not completed:
             sink.abort()
         free_memory(device)
