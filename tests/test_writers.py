@@ -175,3 +175,24 @@ def test_make_sink_picks_by_suffix(tmp_path):
     assert isinstance(make_sink(tmp_path / "a.tiff", lay, info()), TiffSink)
     arr = zarr.open_group(str(partial_path(tmp_path / "a.ome.zarr")), mode="r")["0"]
     assert arr.chunks == (64, 64) and arr.dtype == np.uint8
+
+
+def test_pyramid_levels_are_written_with_each_chunk(tmp_path):
+    out = tmp_path / "big.zarr"
+    lay = layout(shape=(1500, 1300), chunk=512, probabilities=False, uncertainty=False)
+    sink = ZarrSink(out, lay, info())
+    assert sink._incremental_levels() == [1]  # 256-px chunks; 128 px would be too small
+    parts = list(chunks_of(lay))
+    full = np.zeros((1500, 1300), np.uint8)
+    for ch in parts:
+        sink.write(ch)
+        full[ch.region] = ch.labels
+    level1 = zarr.open_group(str(partial_path(out)), mode="r")["1"]
+    assert level1.chunks == (256, 256)
+    np.testing.assert_array_equal(level1[:], full[::2, ::2])  # complete before finish
+    res = sink.finish()
+    root = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(root["1"][:], full[::2, ::2])
+    np.testing.assert_array_equal(root["2"][:], full[::4, ::4])
+    assert [d["path"] for d in root.attrs["multiscales"][0]["datasets"]] == ["0", "1", "2"]
+    assert res.labels.shape == (1500, 1300)

@@ -21,6 +21,10 @@ from .errors import SemSegError
 from .progress import ChunkResult
 
 DONE_DIR = "semseg_done"
+# Pyramid levels whose chunks (the output chunk halved per level) are at least this large are
+# written with every finished chunk (by whichever process finished it); coarser levels are
+# built from them when the run completes.
+MIN_INCREMENTAL_CHUNK = 256
 ZARR_SUFFIXES = (".zarr", ".ome.zarr")
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 
@@ -213,6 +217,11 @@ class ZarrSink:
         ones = (1,) * len(lay.plane_dims)
         self.root.create_array("0", shape=lay.labels_shape, dtype=lay.label_dtype,
                                chunks=ones + (lay.chunk, lay.chunk), fill_value=0)
+        for lv in self._incremental_levels():
+            f = 2 ** lv
+            shape = lay.plane_dims + tuple(-(-s // f) for s in lay.plane_shape)
+            self.root.create_array(str(lv), shape=shape, dtype=lay.label_dtype,
+                                   chunks=ones + (lay.chunk // f, lay.chunk // f), fill_value=0)
         if lay.probabilities:
             g = self.root.create_group("probabilities")
             g.create_array("0", shape=lay.probabilities_shape, dtype=np.uint8,
@@ -226,6 +235,25 @@ class ZarrSink:
         (self.partial / DONE_DIR).mkdir(exist_ok=True)
         self._open_arrays()
 
+    def _n_levels(self) -> int:
+        """Pyramid levels of the labels: halve until the image fits in one chunk."""
+        n, size = 1, max(self.layout.plane_shape)
+        while self.pyramid and size > self.layout.chunk:
+            size = (size + 1) // 2
+            n += 1
+        return n
+
+    def _incremental_levels(self) -> list[int]:
+        """Levels written chunk by chunk: each output chunk maps onto exactly one of their
+        chunks (``chunk / 2**level`` pixels, at least :data:`MIN_INCREMENTAL_CHUNK`)."""
+        out = []
+        for lv in range(1, self._n_levels()):
+            f = 2 ** lv
+            if self.layout.chunk % f or self.layout.chunk // f < MIN_INCREMENTAL_CHUNK:
+                break
+            out.append(lv)
+        return out
+
     def _read_fingerprint(self) -> str | None:
         try:
             attrs = json.loads((self.partial / ".zattrs").read_text())
@@ -235,6 +263,7 @@ class ZarrSink:
 
     def _open_arrays(self) -> None:
         self.labels = self.root["0"]
+        self.levels = {lv: self.root[str(lv)] for lv in self._incremental_levels()}
         self.probabilities = self.root["probabilities/0"] if self.layout.probabilities else None
         self.uncertainty = self.root["uncertainty/0"] if self.layout.uncertainty else None
 
@@ -260,14 +289,21 @@ class ZarrSink:
             self.probabilities[idx + (slice(None), r, c)] = chunk.probabilities
         if self.uncertainty is not None:
             self.uncertainty[idx + (r, c)] = chunk.uncertainty
+        for lv, arr in self.levels.items():  # nearest-neighbour pyramid, chunk by chunk
+            f = 2 ** lv
+            block = chunk.labels[::f, ::f]
+            y, x = r.start // f, c.start // f
+            arr[idx + (slice(y, y + block.shape[0]), slice(x, x + block.shape[1]))] = block
         ci, cj = r.start // self.layout.chunk, c.start // self.layout.chunk
         # the marker is written after the data: a chunk with a marker is complete on disk
         (self.partial / DONE_DIR / f"{chunk.plane}_{ci}_{cj}").touch()
 
     def _build_pyramid(self) -> int:
-        """Downsample labels by 2 (nearest) level by level, chunk by chunk; return the level count."""
+        """Downsample labels by 2 (nearest) level by level, chunk by chunk, from the last level
+        written with the chunks; return the level count."""
         lay = self.layout
-        level, src = 0, self.labels
+        level = max(self.levels, default=0)
+        src = self.levels.get(level, self.labels)
         ones = (1,) * len(lay.plane_dims)
         while self.pyramid and max(src.shape[-2:]) > lay.chunk:
             shape = src.shape[:-2] + tuple((s + 1) // 2 for s in src.shape[-2:])
