@@ -1,0 +1,138 @@
+"""Peer comparison with MONAI ``sliding_window_inference`` (issue 2, item 11b).
+
+Same model (Unet-resnet18 trained briefly on ISBI 2012 EM, so that label agreement means
+something), same in-memory image (a 3072² mosaic of real EM slices), CPU. Each method runs in a
+fresh process (time and peak RSS):
+
+- ``whole``: one forward pass over the whole image (the reference for label agreement);
+- ``ours (same)``: :func:`segment` with MONAI's tile, overlap and batch (512, 128, 1);
+- ``monai``: ``sliding_window_inference(roi 512, sw_batch_size 1, overlap 0.25,
+  mode="gaussian")`` on the model as built (NCHW), softmax predictor;
+- ``monai (engine cfg)``: the same with the model converted as our engine runs it on the CPU
+  (channels_last, freed activations reused), to separate the tiling strategy from model tuning;
+- ``ours (default)``: :func:`segment` with its seam-free defaults (tile 1216, overlap 192).
+
+Ratios: (i) ours (same) vs monai; (ii) ours (default) vs monai (target >= 1.6x).
+
+Usage::
+
+    python benchmarks/bench_monai.py [--size 3072]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (CACHE, em_mosaic, engine_model, machine, md_table, peak_rss_mib,  # noqa: E402
+                    rss_mib, run_child, trained_em_resnet18, write_results)
+
+METHODS = ["whole", "ours_same", "monai", "monai_engine", "ours_default"]
+TITLES = {"whole": "whole-image pass", "ours_same": "ours (512 / 128 / batch 1)",
+          "monai": "MONAI (512 / 0.25 / batch 1, gaussian)",
+          "monai_engine": "MONAI, engine cfg model", "ours_default": "ours (defaults)"}
+
+
+def child(method: str, size: int, model_path: str) -> dict:
+    import torch
+
+    from napari_semseg import segment
+    from napari_semseg.core.memory import reuse_freed_memory
+    from napari_semseg.core.models import load_model
+
+    model = load_model(model_path)
+    image = em_mosaic((size, size))
+    base = rss_mib()
+    norm = model.metadata.normalization
+    t0 = time.perf_counter()
+    if method in ("whole", "monai", "monai_engine"):
+        net = engine_model(model) if method == "monai_engine" else model
+        with (reuse_freed_memory() if method == "monai_engine" else _null()), \
+                torch.inference_mode():
+            x = norm.apply_torch(torch.from_numpy(image)[None, None])
+            if method == "monai_engine":
+                x = x.contiguous(memory_format=torch.channels_last)
+            if method == "whole":
+                probs = net(x).softmax(1)
+            else:
+                from monai.inferers import sliding_window_inference
+
+                probs = sliding_window_inference(x, (512, 512), 1,
+                                                 lambda t: net(t).softmax(1), overlap=0.25,
+                                                 mode="gaussian")
+            labels = (probs[0].argmax(0) + 1).to(torch.uint8).numpy()
+    elif method == "ours_same":
+        labels = segment(image, model, device="cpu", tile=512, overlap=128, batch_size=1).labels
+    else:
+        labels = segment(image, model, device="cpu").labels
+    seconds = time.perf_counter() - t0
+    np.save(CACHE / f"monai_{method}.npy", labels)
+    return {"method": method, "seconds": seconds, "mpx_s": size * size / 1e6 / seconds,
+            "peak_rss_mib": peak_rss_mib(), "rss_before_mib": base}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=3072)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method")
+    parser.add_argument("--model")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.method, args.size, args.model)))
+        return
+    model_path = str(trained_em_resnet18())
+    runs = {}
+    for method in args.methods.split(","):
+        print(f"{method} ...", file=sys.stderr, flush=True)
+        runs[method] = run_child(Path(__file__), ["--method", method, "--size", str(args.size),
+                                                  "--model", model_path])
+        print(runs[method], file=sys.stderr, flush=True)
+    ref = np.load(CACHE / "monai_whole.npy")
+    for method, run in runs.items():
+        run["label_agreement_with_whole"] = float((np.load(CACHE / f"monai_{method}.npy")
+                                                   == ref).mean())
+    ratios = {}
+    if "monai" in runs and "ours_same" in runs:
+        ratios["(i) same settings: monai time / ours time"] = (runs["monai"]["seconds"]
+                                                                / runs["ours_same"]["seconds"])
+    if "monai" in runs and "ours_default" in runs:
+        ratios["(ii) defaults: monai time / ours time"] = (runs["monai"]["seconds"]
+                                                           / runs["ours_default"]["seconds"])
+    if "monai_engine" in runs and "ours_default" in runs:
+        ratios["(ii) defaults, monai with engine cfg model: monai / ours"] = (
+            runs["monai_engine"]["seconds"] / runs["ours_default"]["seconds"])
+    if "monai_engine" in runs and "ours_same" in runs:
+        ratios["(i) same settings, monai with engine cfg model: monai / ours"] = (
+            runs["monai_engine"]["seconds"] / runs["ours_same"]["seconds"])
+    rows = [[TITLES[m], r["seconds"], r["mpx_s"], r["label_agreement_with_whole"] * 100,
+             r["peak_rss_mib"], r["peak_rss_mib"] - r["rss_before_mib"]]
+            for m, r in runs.items()]
+    info = machine()
+    table = (f"Unet-resnet18 (trained on ISBI EM), {args.size}² in-memory EM mosaic, CPU "
+             f"({info['cpu']}, {info['cores']} cores), load average at start "
+             f"{info['load_average'][0]:.1f}; each method in a fresh process.\n\n"
+             + md_table(["method", "seconds", "image Mpx/s", "label agreement with whole %",
+                         "peak RSS MiB", "peak RSS above start MiB"], rows)
+             + "\n\n" + md_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
+    write_results("monai", {"machine": info, "size": args.size, "runs": runs,
+                            "ratios": ratios}, table)
+
+
+if __name__ == "__main__":
+    main()
