@@ -226,3 +226,14 @@ def test_blocks_for_limits_recomputed_border_tiles():
     assert 4 <= n <= 8 and dist._block_tiles((32, 32), n) <= 1.10
     assert dist._block_tiles((8, 8), 1) == 1.0
     assert dist._block_tiles((8, 8), 4) == 81 / 64  # 2x2 blocks: one shared tile row and column
+
+
+def test_cluster_tiff_output_and_stack(client, files, tmp_path, deadline):
+    stack = np.stack([files["image"][:200, :180], files["image"][200:400, :180]])
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, stack, tile=(64, 64))
+    out = tmp_path / "stack_labels.tif"
+    segment(src, files["model"], output=out, client=client, **TILE)
+    ref = segment(stack, files["model"], **TILE)
+    np.testing.assert_array_equal(tifffile.imread(out), ref.labels)
+    assert not partial_path(out).exists()

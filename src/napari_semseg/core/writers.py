@@ -263,7 +263,9 @@ class ZarrSink:
 
     def _open_arrays(self) -> None:
         self.labels = self.root["0"]
-        self.levels = {lv: self.root[str(lv)] for lv in self._incremental_levels()}
+        names = set(self.root.array_keys())
+        self.levels = {lv: self.root[str(lv)] for lv in self._incremental_levels()
+                       if str(lv) in names}
         self.probabilities = self.root["probabilities/0"] if self.layout.probabilities else None
         self.uncertainty = self.root["uncertainty/0"] if self.layout.uncertainty else None
 
