@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,9 @@ class ZarrSink:
 
     def _open_arrays(self) -> None:
         self.labels = self.root["0"]
-        names = set(self.root.array_keys())
+        with warnings.catch_warnings():  # the done-marker folder is not a zarr node
+            warnings.simplefilter("ignore")
+            names = set(self.root.array_keys())
         self.levels = {lv: self.root[str(lv)] for lv in self._incremental_levels()
                        if str(lv) in names}
         self.probabilities = self.root["probabilities/0"] if self.layout.probabilities else None
