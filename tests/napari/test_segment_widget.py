@@ -52,6 +52,11 @@ def test_segment_em_sample_fills_labels_with_model_classes(viewer, h, notificati
     truth = tifffile.imread(h.sample("em_labels.tif"))
     accuracy = float((np.asarray(layer.data) == truth).mean())
     assert accuracy > 0.8, accuracy
+    # exactly what the API computes: the widget drives the same generator
+    from napari_semseg import segment
+
+    expected = segment(tifffile.imread(h.sample("em.tif")), str(model_path)).labels
+    assert np.array_equal(np.asarray(layer.data), np.asarray(expected))
     # class names and colours come from the model
     from napari_semseg import read_metadata
 
