@@ -39,7 +39,7 @@ def test_segment_em_sample_fills_labels_with_model_classes(viewer, h, notificati
     # the model loads in the background as soon as it is chosen (a user clicks seconds later)
     h.wait_until(lambda: w.model.ready() and "loading" not in w.model_info.text())
     with h.Heartbeat() as hb:
-        job = w.run()
+        job = hb.click(w.run)
         assert job is not None, w.status.text()
         layer = _owned(viewer)[0]  # the Labels layer appears at once, before any result
         assert layer.metadata["napari_semseg"]["complete"] is False
@@ -84,7 +84,7 @@ def test_segment_is_responsive_on_the_aerial_sample(viewer, h):
     assert w.model.choice()[1].endswith("aerial_model.safetensors")
     h.wait_until(w.model.ready)
     with h.Heartbeat() as hb:
-        assert w.run() is not None, w.status.text()
+        assert hb.click(w.run) is not None, w.status.text()
         w.wait(timeout=120)
     assert w.job.outcome.ok, w.status.text()
     labels = np.asarray(_owned(viewer)[0].data)

@@ -45,7 +45,7 @@ def test_training_from_strokes_beats_an_untrained_model(viewer, h, monkeypatch):
     seg = h.dock(viewer, "Segment")
     w.form.set(epochs=4, time_budget=90.0)  # 20 steps (deterministic on CPU), capped
     with h.Heartbeat() as hb:
-        job = w.train()
+        job = hb.click(w.train)
         assert job is not None, w.status.text()
         assert not w.train_button.isEnabled() and w.stop_button.isEnabled()
         h.wait_until(lambda: w.events_seen > 0 or not job.running, timeout=60)
