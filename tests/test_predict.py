@@ -254,3 +254,23 @@ def test_zarr_input_read_lazily(tiny_model, tmp_path):
     np.testing.assert_array_equal(a.labels, b.labels)
     meta = json.loads((tmp_path / "in.zarr" / ".zarray").read_text())
     assert meta["chunks"] == [64, 64]
+
+
+def test_argmax_classes_matches_argmax_with_ties():
+    from napari_semseg.core.predict import argmax_classes
+
+    for k in (2, 3, 7):
+        acc = torch.rand(k, 33, 40)
+        acc[:, 0, :20] = 0.5  # ties: the lower class wins, as with argmax
+        np.testing.assert_array_equal(argmax_classes(acc).numpy(), acc.argmax(0).numpy() + 1)
+    assert argmax_classes(torch.rand(300, 4, 4)).dtype == torch.int32
+
+
+def test_model_digest_is_cached_until_weights_change(tiny_model):
+    from napari_semseg.core.predict import model_digest
+
+    a = model_digest(tiny_model)
+    assert model_digest(tiny_model) == a
+    with torch.no_grad():
+        next(tiny_model.parameters()).add_(1.0)
+    assert model_digest(tiny_model) != a

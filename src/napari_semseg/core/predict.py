@@ -361,11 +361,19 @@ def _batches(source: ImageSource, plane: int, grid: TileGrid, tiles: list[tuple[
         yield group, (x.pin_memory() if pin else x)
 
 
+def argmax_classes(acc: torch.Tensor) -> torch.Tensor:
+    """``argmax(acc, dim=0) + 1`` as uint8 (int32 for 256+ classes); ties to the lower class.
+
+    ``torch.max(dim=0)`` is 4-9x faster than ``torch.argmax`` over the leading dimension on
+    the CPU (0.2 s for a 2 x 1024² chunk there)."""
+    dtype = torch.uint8 if acc.shape[0] < 256 else torch.int32
+    return torch.max(acc, 0).indices.to(dtype).add_(1)
+
+
 def _finish_tensors(acc: torch.Tensor, *, probabilities: bool, uncertainty: bool,
                     label_dtype: np.dtype) -> list[torch.Tensor | None]:
     """Labels 1..K and optional uint8 probabilities / normalized entropy, on acc's device."""
-    labels = acc.argmax(dim=0).add_(1)
-    labels = labels.to(torch.uint8 if label_dtype == np.uint8 else torch.int32)
+    labels = argmax_classes(acc)
     probs = unc = None
     if probabilities:
         probs = (acc * 255).round_().clamp_(0, 255).to(torch.uint8)
@@ -506,7 +514,21 @@ def iter_plane(source: ImageSource, plane: int, grid: TileGrid, predictor: TileP
 
 
 def model_digest(model: SemSegModel) -> str:
-    """A hash of the weights and metadata (identifies a model for resume)."""
+    """A hash of the weights and metadata (identifies a model for resume); cached on the model
+    until a parameter or buffer changes (in place or replaced)."""
+    state = model.net.state_dict()
+    meta = {k: v for k, v in asdict(model.metadata).items() if k != "versions"}
+    key = (repr(sorted(meta.items())),
+           tuple((k, v.data_ptr(), v._version) for k, v in state.items()))
+    cached = getattr(model, "_semseg_digest", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    digest = _digest(model)
+    model._semseg_digest = (key, digest)
+    return digest
+
+
+def _digest(model: SemSegModel) -> str:
     h = hashlib.blake2b(digest_size=16)
     meta = {k: v for k, v in asdict(model.metadata).items() if k != "versions"}
     h.update(repr(sorted(meta.items())).encode())
