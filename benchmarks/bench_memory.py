@@ -3,7 +3,7 @@
 Unet-resnet18 with default settings on uint8 images of 1, 16, 64 and 256 megapixels read lazily
 from a zarr (or tiled TIFF) on disk and written to an OME-Zarr; plus a wide strip (one tile row,
 64 Mpx) to show that the blending bands kept between tiles stay bounded. Each size runs in a
-fresh process; its peak resident memory (``ru_maxrss``) includes the Python interpreter, torch
+fresh process; its peak resident memory (``VmHWM``) includes the Python interpreter, torch
 (about 650 MiB resident after ``import torch`` here) and the model.
 
 Target: the largest within 1.5x of the smallest, all under 2 GiB.

@@ -14,6 +14,9 @@ fresh process (time and peak RSS):
 
 Ratios: (i) ours (same) vs monai; (ii) ours (default) vs monai (target >= 1.6x).
 
+Seams (``--seams``): ours with several tile / overlap settings against the whole-image pass:
+label agreement and differences of the uint8 probabilities.
+
 Usage::
 
     python benchmarks/bench_monai.py [--size 3072]
@@ -34,6 +37,7 @@ from common import (CACHE, em_mosaic, engine_model, machine, md_table, peak_rss_
                     rss_mib, run_child, trained_em_resnet18, write_results)
 
 METHODS = ["whole", "ours_same", "monai", "monai_engine", "ours_default"]
+SEAMS = ["1088/64", "1152/128", "1216/192", "1280/256", "576/192", "512/128"]
 TITLES = {"whole": "whole-image pass", "ours_same": "ours (512 / 128 / batch 1)",
           "monai": "MONAI (512 / 0.25 / batch 1, gaussian)",
           "monai_engine": "MONAI, engine cfg model", "ours_default": "ours (defaults)"}
@@ -67,12 +71,21 @@ def child(method: str, size: int, model_path: str) -> dict:
                                                  lambda t: net(t).softmax(1), overlap=0.25,
                                                  mode="gaussian")
             labels = (probs[0].argmax(0) + 1).to(torch.uint8).numpy()
+            if method == "whole":
+                np.save(CACHE / "monai_whole_probs.npy",
+                        (probs[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy())
     elif method == "ours_same":
         labels = segment(image, model, device="cpu", tile=512, overlap=128, batch_size=1).labels
+    elif method.startswith("seam"):
+        tile, overlap = (int(v) for v in method[4:].split("/"))
+        res = segment(image, model, device="cpu", tile=tile, overlap=overlap,
+                      probabilities=True)
+        labels = res.labels
+        np.save(CACHE / "monai_seam_probs.npy", res.probabilities)
     else:
         labels = segment(image, model, device="cpu").labels
     seconds = time.perf_counter() - t0
-    np.save(CACHE / f"monai_{method}.npy", labels)
+    np.save(CACHE / f"monai_{method.replace('/', '_')}.npy", labels)
     return {"method": method, "seconds": seconds, "mpx_s": size * size / 1e6 / seconds,
             "peak_rss_mib": peak_rss_mib(), "rss_before_mib": base}
 
@@ -89,6 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=3072)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seams", default=",".join(SEAMS),
+                        help="tile/overlap settings compared with the whole-image pass ('' for "
+                             "none)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method")
     parser.add_argument("--model")
@@ -107,6 +123,21 @@ def main() -> None:
     for method, run in runs.items():
         run["label_agreement_with_whole"] = float((np.load(CACHE / f"monai_{method}.npy")
                                                    == ref).mean())
+    seams = {}
+    whole_probs = np.load(CACHE / "monai_whole_probs.npy").astype(np.int16)
+    for setting in [s for s in args.seams.split(",") if s]:
+        print(f"seams {setting} ...", file=sys.stderr, flush=True)
+        run = run_child(Path(__file__), ["--method", f"seam{setting}", "--size",
+                                         str(args.size), "--model", model_path])
+        labels = np.load(CACHE / f"monai_seam{setting.replace('/', '_')}.npy")
+        diff = np.abs(np.load(CACHE / "monai_seam_probs.npy").astype(np.int16) - whole_probs)
+        tile, overlap = (int(v) for v in setting.split("/"))
+        seams[setting] = {"tile": tile, "overlap": overlap, "margin": overlap // 4,
+                          "label_agreement": float((labels == ref).mean()),
+                          "prob_diff_mean": float(diff.mean()),
+                          "prob_diff_p999": float(np.percentile(diff, 99.9)),
+                          "prob_diff_max": int(diff.max()), "seconds": run["seconds"]}
+        print(seams[setting], file=sys.stderr, flush=True)
     ratios = {}
     if "monai" in runs and "ours_same" in runs:
         ratios["(i) same settings: monai time / ours time"] = (runs["monai"]["seconds"]
@@ -130,8 +161,17 @@ def main() -> None:
              + md_table(["method", "seconds", "image Mpx/s", "label agreement with whole %",
                          "peak RSS MiB", "peak RSS above start MiB"], rows)
              + "\n\n" + md_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
+    if seams:
+        table += ("\n\nSeams: tiled (ours) against the whole-image pass, same image and model "
+                  "(probability differences in 1/255):\n\n"
+                  + md_table(["tile / overlap (margin)", "label agreement %",
+                              "mean prob. diff", "99.9th pct", "max", "seconds"],
+                             [[f"{v['tile']} / {v['overlap']} ({v['margin']})",
+                               v["label_agreement"] * 100, v["prob_diff_mean"],
+                               v["prob_diff_p999"], v["prob_diff_max"], v["seconds"]]
+                              for v in seams.values()]))
     write_results("monai", {"machine": info, "size": args.size, "runs": runs,
-                            "ratios": ratios}, table)
+                            "ratios": ratios, "seams": seams}, table)
 
 
 if __name__ == "__main__":

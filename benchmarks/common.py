@@ -86,7 +86,17 @@ def median(values: list[float]) -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (ru_maxrss), MiB."""
+    """Peak resident memory of this process so far, MiB.
+
+    Reads ``VmHWM`` (the high-water mark of this process's own address space): ``ru_maxrss``
+    would also count the parent's resident memory at fork time on Linux.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
