@@ -195,7 +195,8 @@ def record_responsiveness(name: str, summary: dict) -> None:
           "(creating the result layer, which is napari's own work on the main thread) is timed "
           f"separately. Machine: {os.cpu_count()} CPU cores shared with other jobs (load average "
           "in the last column), no GPU, software OpenGL (Xvfb, Mesa llvmpipe).", "",
-          "Reproduce: `SEMSEG_WRITE_RESULTS=1 pytest tests/napari -m gui -k responsive`", "",
+          "Reproduce: `SEMSEG_WRITE_RESULTS=1 pytest tests/napari -k "
+          "'em_sample or aerial_sample or beats'`", "",
           *rows, ""]
     (RESULTS / "gui_responsiveness.md").write_text("\n".join(md))
 
