@@ -274,3 +274,50 @@ def test_model_digest_is_cached_until_weights_change(tiny_model):
     with torch.no_grad():
         next(tiny_model.parameters()).add_(1.0)
     assert model_digest(tiny_model) != a
+
+
+class ConstantPredictor:
+    """Stands in for TilePredictor: class 2 everywhere, blended with the tile weights."""
+
+    device = torch.device("cpu")
+    classes = 2
+    asynchronous = False
+
+    def __init__(self):
+        self.tiles_seen = 0
+
+    def weight(self, key, make):
+        return torch.from_numpy(np.ascontiguousarray(make()))
+
+    def predict(self, batch, weights):
+        self.tiles_seen += batch.shape[0]
+        p = torch.tensor([0.25, 0.75]).view(1, 2, 1, 1).repeat(batch.shape[0], 1,
+                                                                 *batch.shape[-2:])
+        return p * torch.stack(weights)[:, None]
+
+
+@pytest.mark.parametrize("shape", [(200, 6000), (6000, 200)])
+def test_pending_bands_stay_bounded_for_long_images(shape):
+    """Chunks finish while the run goes on: between batches, the chunks holding pending bands
+    never exceed about one row (or column) of chunks across the shorter side."""
+    from napari_semseg.core.predict import iter_plane
+    from napari_semseg.core.tiling import TileGrid
+
+    image = np.zeros(shape, np.uint8)
+    source = open_image(image)
+    grid = TileGrid.plan(shape, 64, 32, 8, chunk=32)
+    pred = ConstantPredictor()
+    started, finished = set(), set()
+    order = grid.order(grid.tiles())
+    done = worst = 0
+    for n, chunks in iter_plane(source, 0, grid, pred, set(grid.chunks()), 4, prefetch=0):
+        for t in order[done:done + n]:
+            started.update(grid.chunks_of_tile(*t))
+        done += n
+        finished.update((c.region[0].start // 32, c.region[1].start // 32) for c in chunks)
+        for ch in chunks:
+            assert (ch.labels == 2).all()
+        worst = max(worst, len(started - finished))
+    assert finished == set(grid.chunks())
+    short = min(grid.chunk_counts)
+    assert worst <= 3 * short + 4, (worst, grid.chunk_counts)

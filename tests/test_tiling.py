@@ -135,3 +135,14 @@ def test_default_chunking_needs_each_chunk_plus_neighbour_bands():
     assert grid.computed_pixels() == 16 * 1152 ** 2
     # a block of 2x2 chunks computes a 3x3 block of tiles (its border tiles are shared)
     assert len(grid.tiles_for([(1, 1), (1, 2), (2, 1), (2, 2)])) == 9
+
+
+def test_processing_order_walks_along_the_shorter_side():
+    tall = TileGrid.plan((3000, 1000), 256, 64, 32, chunk=192)
+    wide = TileGrid.plan((1000, 3000), 256, 64, 32, chunk=192)
+    assert not tall.column_major and wide.column_major
+    assert tall.order(tall.tiles()) == tall.tiles()
+    order = wide.order(wide.tiles())
+    assert order[:3] == [(0, 0), (1, 0), (2, 0)]
+    assert sorted(order) == wide.tiles()
+    assert wide.tiles_for([(0, 1)]) == [(0, 0), (0, 1)]

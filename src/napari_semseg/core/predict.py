@@ -434,15 +434,16 @@ def iter_plane(source: ImageSource, plane: int, grid: TileGrid, predictor: TileP
                prefetch: int = 2) -> Generator[tuple[int, list[ChunkResult]], None, None]:
     """Predict the chunks ``wanted`` of one plane; yield ``(tiles_done, finished_chunks)`` per batch.
 
-    Only tiles that touch a wanted chunk are computed, each once, in raster order. A chunk is
-    finished as soon as all tiles covering it are in, and its buffers are freed. Accumulation
-    and finishing (argmax, quantization, entropy) run on the model's device; only the uint8
-    results come back. Contributions to a chunk are summed in raster order of the tiles, so
-    any set of wanted chunks (a block on a cluster worker, the chunks left by an interrupted
-    run) gives bit-identical chunks.
+    Only tiles that touch a wanted chunk are computed, each once, in the grid's processing
+    order (:meth:`TileGrid.order`: along the shorter side). A chunk is finished as soon as all
+    tiles covering it are in, and its buffers are freed. Accumulation and finishing (argmax,
+    quantization, entropy) run on the model's device; only the uint8 results come back.
+    Contributions to a chunk are summed in that fixed order, so any set of wanted chunks (a
+    block on a cluster worker, the chunks left by an interrupted run) gives bit-identical
+    chunks.
     """
     incidence = grid.incidence()
-    tiles = sorted({t for c in wanted for t in incidence[c]})
+    tiles = grid.order({t for c in wanted for t in incidence[c]})
     remaining = {c: len(incidence[c]) for c in wanted}
     pending: dict[tuple[int, int], list[tuple[slice, slice, torch.Tensor]]] = {}
     check_nan = np.issubdtype(source.dtype, np.floating)

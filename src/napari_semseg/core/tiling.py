@@ -204,11 +204,29 @@ class TileGrid:
                 inc.setdefault(c, []).append(t)
         return inc
 
+    @property
+    def column_major(self) -> bool:
+        """Tiles are processed column by column when the plane is wider than tall."""
+        return self.cols.length > self.rows.length
+
+    def order(self, tiles: set[tuple[int, int]] | list[tuple[int, int]]
+              ) -> list[tuple[int, int]]:
+        """``tiles`` in processing order: rows of tiles, or columns for a plane wider than tall.
+
+        Between chunks, the engine keeps the blending bands of the tiles computed so far that
+        reach into unfinished chunks: about one band along the processing direction. Walking
+        along the shorter side keeps that to ``min(height, width) x overlap`` pixels, however
+        long the other side is.
+        """
+        if self.column_major:
+            return sorted(tiles, key=lambda t: (t[1], t[0]))
+        return sorted(tiles)
+
     def tiles_for(self, chunks: set[tuple[int, int]] | list[tuple[int, int]]
                   ) -> list[tuple[int, int]]:
-        """The tiles needed to finish ``chunks``, each once, in raster order."""
+        """The tiles needed to finish ``chunks``, each once, in processing order."""
         inc = self.incidence()
-        return sorted({t for c in chunks for t in inc[c]})
+        return self.order({t for c in chunks for t in inc[c]})
 
     def computed_pixels(self, chunks: set[tuple[int, int]] | None = None) -> int:
         """Pixels the network processes to finish ``chunks`` (all by default)."""
