@@ -46,11 +46,13 @@ def _viewer():
     return viewer
 
 
-def segment_shot(path: Path) -> None:
+def segment_shot(path: Path, sample: str = "aerial") -> None:
     viewer = _viewer()  # the viewer first, the plugin second, as users do
-    viewer.open_sample("napari-semseg", "aerial")
+    viewer.open_sample("napari-semseg", sample)
     _, w = viewer.window.add_plugin_dock_widget("napari-semseg", "Segment")
-    w.form.set(tile=256, overlap=32)  # small tiles: the filling is visible
+    _until(w.model.ready, 120)
+    tile = 256 if sample == "aerial" else 128
+    w.form.set(tile=tile, overlap=32)  # small tiles: the filling is visible
     viewer.reset_view()
     job = w.run()
     assert job is not None, w.status.text()
@@ -89,6 +91,8 @@ def main() -> int:
     which = sys.argv[1:] or ["segment", "train"]
     if "segment" in which:
         segment_shot(OUT / "segment_widget.png")
+    if "segment-em" in which:  # the EM sample instead of the aerial one
+        segment_shot(OUT / "segment_widget.png", "em")
     if "train" in which:
         train_shot(OUT / "train_widget.png")
     print("written to", OUT)
