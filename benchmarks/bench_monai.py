@@ -1,8 +1,9 @@
 """Peer comparison with MONAI ``sliding_window_inference`` (issue 2, item 11b).
 
 Same model (Unet-resnet18 trained briefly on ISBI 2012 EM, so that label agreement means
-something), same in-memory image (a 3072² mosaic of real EM slices), CPU. Each method runs in a
-fresh process (time and peak RSS):
+something), same in-memory image (a 3072² mosaic of real EM slices), CPU. Each method first runs
+once in a fresh process (peak RSS, labels for the agreement); then one process times the tiled
+methods in interleaved rounds (the machine is shared: ratios are taken within each round):
 
 - ``whole``: one forward pass over the whole image (the reference for label agreement);
 - ``ours (same)``: :func:`segment` with MONAI's tile, overlap and batch (512, 128, 1);
@@ -41,6 +42,47 @@ SEAMS = ["1088/64", "1152/128", "1216/192", "1280/256", "576/192", "512/128"]
 TITLES = {"whole": "whole-image pass", "ours_same": "ours (512 / 128 / batch 1)",
           "monai": "MONAI (512 / 0.25 / batch 1, gaussian)",
           "monai_engine": "MONAI, engine cfg model", "ours_default": "ours (defaults)"}
+
+
+def timing_child(size: int, model_path: str, rounds: int) -> dict:
+    """Seconds of each tiled method, interleaved in ``rounds`` rounds in this process."""
+    import torch
+
+    from napari_semseg import segment
+    from napari_semseg.core.memory import reuse_freed_memory
+    from napari_semseg.core.models import load_model
+
+    model = load_model(model_path)
+    fast = engine_model(model)
+    image = em_mosaic((size, size))
+    norm = model.metadata.normalization
+
+    def monai(net, engine: bool) -> None:
+        from monai.inferers import sliding_window_inference
+
+        with (reuse_freed_memory() if engine else _null()), torch.inference_mode():
+            x = norm.apply_torch(torch.from_numpy(image)[None, None])
+            if engine:
+                x = x.contiguous(memory_format=torch.channels_last)
+            probs = sliding_window_inference(x, (512, 512), 1, lambda t: net(t).softmax(1),
+                                             overlap=0.25, mode="gaussian")
+            (probs[0].argmax(0) + 1).to(torch.uint8)
+
+    methods = {
+        "ours_same": lambda: segment(image, fast, device="cpu", tile=512, overlap=128,
+                                     batch_size=1),
+        "monai": lambda: monai(model, False),
+        "monai_engine": lambda: monai(fast, True),
+        "ours_default": lambda: segment(image, fast, device="cpu"),
+    }
+    out: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(rounds):
+        for name, fn in (methods.items() if r % 2 == 0 else reversed(methods.items())):
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
+        print(json.dumps({k: v[-1] for k, v in out.items()}), file=sys.stderr, flush=True)
+    return out
 
 
 def child(method: str, size: int, model_path: str) -> dict:
@@ -105,12 +147,16 @@ def main() -> None:
     parser.add_argument("--seams", default=",".join(SEAMS),
                         help="tile/overlap settings compared with the whole-image pass ('' for "
                              "none)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method")
     parser.add_argument("--model")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.method, args.size, args.model)))
+        if args.method == "timing":
+            print(json.dumps(timing_child(args.size, args.model, args.rounds)))
+        else:
+            print(json.dumps(child(args.method, args.size, args.model)))
         return
     model_path = str(trained_em_resnet18())
     runs = {}
@@ -119,6 +165,18 @@ def main() -> None:
         runs[method] = run_child(Path(__file__), ["--method", method, "--size", str(args.size),
                                                   "--model", model_path])
         print(runs[method], file=sys.stderr, flush=True)
+    timing = {}
+    if args.rounds > 0:
+        print("timing rounds ...", file=sys.stderr, flush=True)
+        timing = run_child(Path(__file__), ["--method", "timing", "--size", str(args.size),
+                                            "--model", model_path, "--rounds",
+                                            str(args.rounds)])
+        for method, times in timing.items():
+            if method in runs:
+                runs[method]["seconds_single_run"] = runs[method]["seconds"]
+                runs[method]["seconds"] = float(np.median(times))
+                runs[method]["mpx_s"] = args.size ** 2 / 1e6 / runs[method]["seconds"]
+                runs[method]["seconds_rounds"] = times
     ref = np.load(CACHE / "monai_whole.npy")
     for method, run in runs.items():
         run["label_agreement_with_whole"] = float((np.load(CACHE / f"monai_{method}.npy")
@@ -139,25 +197,27 @@ def main() -> None:
                           "prob_diff_max": int(diff.max()), "seconds": run["seconds"]}
         print(seams[setting], file=sys.stderr, flush=True)
     ratios = {}
-    if "monai" in runs and "ours_same" in runs:
-        ratios["(i) same settings: monai time / ours time"] = (runs["monai"]["seconds"]
-                                                                / runs["ours_same"]["seconds"])
-    if "monai" in runs and "ours_default" in runs:
-        ratios["(ii) defaults: monai time / ours time"] = (runs["monai"]["seconds"]
-                                                           / runs["ours_default"]["seconds"])
-    if "monai_engine" in runs and "ours_default" in runs:
-        ratios["(ii) defaults, monai with engine cfg model: monai / ours"] = (
-            runs["monai_engine"]["seconds"] / runs["ours_default"]["seconds"])
-    if "monai_engine" in runs and "ours_same" in runs:
-        ratios["(i) same settings, monai with engine cfg model: monai / ours"] = (
-            runs["monai_engine"]["seconds"] / runs["ours_same"]["seconds"])
-    rows = [[TITLES[m], r["seconds"], r["mpx_s"], r["label_agreement_with_whole"] * 100,
+    pairs = {"(i) same settings: monai time / ours time": ("monai", "ours_same"),
+             "(i) same settings, monai with engine cfg model: monai / ours":
+                 ("monai_engine", "ours_same"),
+             "(ii) defaults: monai time / ours time": ("monai", "ours_default"),
+             "(ii) defaults, monai with engine cfg model: monai / ours":
+                 ("monai_engine", "ours_default")}
+    for label, (a, b) in pairs.items():
+        if a in timing and b in timing:  # median of the per-round ratios
+            ratios[label] = float(np.median([x / y for x, y in zip(timing[a], timing[b])]))
+        elif a in runs and b in runs:
+            ratios[label] = runs[a]["seconds"] / runs[b]["seconds"]
+    rows = [[TITLES[m], r["seconds"], r["mpx_s"], f"{r['label_agreement_with_whole'] * 100:.3f}",
              r["peak_rss_mib"], r["peak_rss_mib"] - r["rss_before_mib"]]
             for m, r in runs.items()]
     info = machine()
     table = (f"Unet-resnet18 (trained on ISBI EM), {args.size}² in-memory EM mosaic, CPU "
              f"({info['cpu']}, {info['cores']} cores), load average at start "
-             f"{info['load_average'][0]:.1f}; each method in a fresh process.\n\n"
+             f"{info['load_average'][0]:.1f}; peak RSS and labels from one run of each method in "
+             f"a fresh process; seconds: median of {args.rounds} interleaved rounds in one "
+             "process (the whole-image pass: its single run); ratios: median of per-round "
+             "ratios.\n\n"
              + md_table(["method", "seconds", "image Mpx/s", "label agreement with whole %",
                          "peak RSS MiB", "peak RSS above start MiB"], rows)
              + "\n\n" + md_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
@@ -167,11 +227,11 @@ def main() -> None:
                   + md_table(["tile / overlap (margin)", "label agreement %",
                               "mean prob. diff", "99.9th pct", "max", "seconds"],
                              [[f"{v['tile']} / {v['overlap']} ({v['margin']})",
-                               v["label_agreement"] * 100, v["prob_diff_mean"],
+                               f"{v['label_agreement'] * 100:.3f}", v["prob_diff_mean"],
                                v["prob_diff_p999"], v["prob_diff_max"], v["seconds"]]
                               for v in seams.values()]))
     write_results("monai", {"machine": info, "size": args.size, "runs": runs,
-                            "ratios": ratios, "seams": seams}, table)
+                            "ratios": ratios, "seams": seams, "timing_rounds": timing}, table)
 
 
 if __name__ == "__main__":
