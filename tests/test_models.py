@@ -61,6 +61,17 @@ def test_half_precision_file_is_smaller_and_close(tmp_path, tiny_model):
     assert torch.allclose(a, b, atol=5e-2)
 
 
+def test_saved_file_gets_the_users_usual_permissions(tmp_path, tiny_model):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_model(tiny_model, tmp_path / "m.safetensors")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_save_refuses_existing_file_without_overwrite(tmp_path, tiny_model):
     path = save_model(tiny_model, tmp_path / "m.safetensors")
     with pytest.raises(SemSegError, match="exists"):

@@ -241,6 +241,9 @@ def save_model(model: SemSegModel, path: str | os.PathLike, *, overwrite: bool =
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(tmp), metadata={METADATA_KEY: model.metadata.to_json(), "format": FORMAT})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; use the user's usual mode
     os.replace(tmp, path)
     return path
 
