@@ -138,3 +138,19 @@ def test_new_annotation_layer_matches_the_image(viewer, h):
     assert ann.scale.tolist() == [2.0, 0.5, 0.5] and ann.translate.tolist() == [1.0, 2.0, 3.0]
     assert list(ann.features["class"])[1:] == ["cell", "nucleus", "background"]
     assert w.annotations.layer() is ann and ann.mode == "paint"
+
+
+def test_default_fields_make_valid_training_settings(viewer, h):
+    """The widget's defaults (a small, fast network and a 2-minute budget) are valid settings,
+    with the same names as TrainSettings; nothing is trained here."""
+    image, strokes = viewer.open_sample("napari-semseg", "em_training")
+    w = h.dock(viewer, "Train")
+    w.image.select(image)
+    w.annotations.select(strokes)
+    plan = w._plan()
+    s = plan["settings"]
+    assert (s.arch, s.encoder, s.encoder_depth, s.decoder_channels) == \
+        ("unet", "mobilenet_v2", 4, "64,32,16,16")
+    assert s.time_budget == 120.0 and s.epochs is None and s.steps_per_epoch == 20
+    assert plan["class_names"] == ["membrane", "interior"]
+    assert not np.shares_memory(plan["annotations"], strokes.data)  # a copy goes to training
