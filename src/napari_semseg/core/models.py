@@ -48,11 +48,19 @@ PALETTE = [
 ]
 
 
-def _smp():
+def import_smp():
+    """Import segmentation-models-pytorch safely (triton first, with RTLD_DEEPBIND) and return it.
+
+    Use this instead of ``import segmentation_models_pytorch`` in code that may run after a napari
+    viewer (an OpenGL context) exists.
+    """
     preload_triton()
     import segmentation_models_pytorch as smp
 
     return smp
+
+
+_smp = import_smp  # older private name, still used by the plugin
 
 
 @dataclass
