@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     for item in args.set:
         key, value = item.split("=", 1)
-        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     methods = args.methods.split(",")
     results = {"machine": f"{platform.processor() or platform.machine()}, "
                           f"{torch.get_num_threads()} torch threads",

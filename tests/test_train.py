@@ -10,8 +10,8 @@ from napari_semseg import load_model, save_model, segment
 from napari_semseg.core.scribbles import make_scribbles
 from napari_semseg.core.train import AnnotationFeed, TrainProgress, iter_train, train
 
-FAST = dict(encoder="resnet18", encoder_depth=3, decoder_channels="16,8,8", patch_size=64,
-            batch_size=2, steps_per_epoch=3, epochs=2, device="cpu", learning_rate=3e-3)
+FAST = dict(encoder="mobilenet_v2", encoder_depth=3, decoder_channels="16,8,8", patch_size=64,
+            batch_size=2, steps_per_epoch=3, epochs=2, device="cpu", learning_rate=3e-3, threads=1)
 
 
 def blobs(seed=0, size=96, channels=None):

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     by_time = settings.epochs is None and settings.time_budget is not None
     bar = tqdm(total=settings.time_budget if by_time else None, unit="s" if by_time else "step",
                desc="train", file=sys.stderr, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{postfix}]" if by_time else None)
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}" if by_time else None)
     last = None
     try:
         while True:

@@ -83,13 +83,18 @@ class TrainSettings:
     class_balance: float = _opt(1.0, "patch centres drawn per class: 1 = classes equally often, "
                                      "0 = in proportion to annotated pixels")
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
+    affinity_weight: float = _opt(0.0, "weight of the colour-affinity loss on unannotated "
+                                       "pixels (pulls class boundaries onto image edges)")
+    affinity_sigma: float = _opt(0.15, "intensity difference (normalized units) at which "
+                                       "neighbours stop counting as alike")
     augment: bool = _opt(True, "flips, 90-degree rotations, scale jitter, intensity, noise, CutMix")
     scale_jitter: float = _opt(0.25, "zoom range of the scale augmentation (0.25: 0.8x-1.25x)")
     cutmix: float = _opt(0.3, "probability that a patch receives a CutMix box")
     normalization: str = _opt("percentile", "input normalization: percentile, meanstd or none")
     early_stopping: int | None = _opt(10, "stop after this many epochs without improvement")
     device: str = _opt("auto", "'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'mps'")
-    amp: bool = _opt(True, "mixed precision on GPU")
+    amp: bool = _opt(True, "mixed precision: bf16/fp16 on GPU, bf16 on CPUs that compute it "
+                           "natively (AVX512-BF16, AMX)")
     threads: int | None = _opt(None, "CPU threads (default: torch's; with only a time budget, "
                                      "the faster of that and 1, measured while training)")
     seed: int = _opt(0, "random seed (runs on CPU with --epochs are deterministic for a seed)")

@@ -40,7 +40,7 @@ from .sampling import AnnotationIndex, PatchSampler, scan_annotations, split_blo
 from .settings import TrainSettings, merge
 from .threads import ThreadTuner
 
-MAX_VALIDATION_BLOCKS = 48
+MAX_VALIDATION_BLOCKS = 24
 DEFAULT_EPOCHS = 50
 
 
@@ -238,7 +238,7 @@ def prepare_data(images: Any, annotations: Any, *, channel_axis: int | None, blo
         raise SemSegError("no annotated pixel: paint at least two classes (labels 1..K; 0 means "
                           "not annotated)")
     if k is None:
-        k = max(top, k_model or 0)
+        k = k_model if k_model is not None else top
     if top > k:
         if class_names:
             raise SemSegError(f"annotations use class {top} but class_names lists only {k} "
@@ -414,6 +414,35 @@ def one_cycle(fraction: float, peak: float, warmup: float = 0.1, start_div: floa
     return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+_CPU_BF16: bool | None = None
+
+
+def cpu_has_bf16() -> bool:
+    """True if the CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast
+    makes training about 1.7x faster (measured: 0.30 vs 0.51 s per step); emulated bf16 on
+    other CPUs would be slower."""
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+            _CPU_BF16 = " avx512_bf16" in flags or " amx_bf16" in flags
+        except OSError:
+            _CPU_BF16 = False
+    return _CPU_BF16
+
+
+def train_autocast(device: torch.device, amp: bool):
+    """Mixed precision for training: the device module's on GPUs; bf16 on CPUs with native
+    bf16; otherwise a no-op."""
+    if device.type == "cpu":
+        import contextlib
+
+        if amp and cpu_has_bf16():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+    return autocast(device, amp)
+
+
 def _window(pos: int, size: int, length: int, margin: int) -> tuple[int, int]:
     return max(0, pos - margin), min(length, pos + size + margin)
 
@@ -449,7 +478,7 @@ def validate(model: SemSegModel, data: TrainData, blocks: list[tuple[int, int, i
             mode = "reflect" if ph < img.shape[1] and pw < img.shape[2] else "edge"
             img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode=mode)
         x = torch.from_numpy(norm.apply(img)[None]).to(device)
-        with autocast(device, amp):
+        with train_autocast(device, amp):
             logits = model(x)
         pred = (logits[0].float().argmax(0) + 1).cpu().numpy()
         pred = pred[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
@@ -532,7 +561,8 @@ def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = N
         raise SemSegError(f"--patch-size {patch} must be a multiple of the network stride "
                           f"{net.metadata.stride}")
     try:
-        loss_fn = SparseLoss(settings.loss, None, settings.dice_weight, settings.label_smoothing)
+        loss_fn = SparseLoss(settings.loss, None, settings.dice_weight, settings.label_smoothing,
+                             settings.affinity_weight, settings.affinity_sigma)
     except ValueError as exc:
         raise SemSegError(str(exc)) from None
     if checkpoint is not None:
@@ -562,8 +592,7 @@ def _loop(model: SemSegModel, data: TrainData, norm: Normalization, settings: Tr
     budget = settings.time_budget
 
     model.to(device).train()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # faster on GPUs and with oneDNN on CPUs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
     start_epoch, step, elapsed0 = 0, 0, 0.0
@@ -663,11 +692,10 @@ def _loop(model: SemSegModel, data: TrainData, norm: Normalization, settings: Tr
                 x, y = x.to(device), y.to(device)
                 x, y = rescale(x, y, settings.patch_size)
                 x, y = augment_batch(x, y, aug, gen)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(device, settings.amp):
+                x = x.contiguous(memory_format=torch.channels_last)
+                with train_autocast(device, settings.amp):
                     logits = model(x)
-                loss = loss_fn(logits.float(), y)
+                loss = loss_fn(logits.float(), y, x)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

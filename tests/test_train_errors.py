@@ -1,0 +1,96 @@
+"""Bad input to training: one clear SemSegError before any training step (one test per case)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_semseg import build_model
+from napari_semseg.core.errors import SemSegError
+from napari_semseg.core.train import iter_train
+
+
+def _pair(size=64):
+    img = np.random.default_rng(0).integers(0, 255, (size, size)).astype(np.uint8)
+    lab = np.zeros((size, size), np.uint8)
+    lab[5:10, 5:30] = 1
+    lab[40:45, 10:50] = 2
+    return img, lab
+
+
+def _fails(match, *args, **kwargs):
+    """iter_train must raise at the call, before returning the generator (no step runs)."""
+    with pytest.raises(SemSegError, match=match) as info:
+        iter_train(*args, device="cpu", **kwargs)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_image_and_annotation_shapes_differ():
+    img, lab = _pair()
+    msg = _fails("has shape \\(64, 64\\) but its annotations have shape \\(64, 60\\)",
+                 img, lab[:, :60])
+    assert "same pixels" in msg
+
+
+def test_no_annotated_pixel():
+    img, _ = _pair()
+    _fails("no annotated pixel", img, np.zeros((64, 64), np.uint8))
+
+
+def test_only_one_class_annotated():
+    img, lab = _pair()
+    lab[lab == 2] = 1
+    _fails("only class 1 is annotated; paint at least two classes", img, lab)
+
+
+def test_annotation_values_above_the_models_classes():
+    img, lab = _pair()
+    lab[50:52, 5:20] = 3
+    model = build_model("unet", "mobilenet_v2", 1, 2, encoder_depth=3, decoder_channels=(8, 8, 8))
+    _fails("annotations use class 3 but the model has 2 classes .*pass class_names with 3 "
+           "names to add classes", img, lab, model=model)
+
+
+def test_annotation_values_above_the_class_names():
+    img, lab = _pair()
+    lab[50:52, 5:20] = 3
+    _fails("annotations use class 3 but class_names lists only 2", img, lab,
+           class_names=["a", "b"])
+
+
+def test_float_annotations():
+    img, lab = _pair()
+    _fails("floating point .*give integer labels", img, lab.astype(np.float32))
+
+
+def test_nan_in_image():
+    img, lab = _pair()
+    img = img.astype(np.float32)
+    img[3, 3] = np.nan
+    _fails("NaN or infinite pixels", img, lab)
+
+
+def test_model_channels_do_not_match():
+    img, lab = _pair()
+    rgb = np.stack([img] * 3, axis=-1)
+    model = build_model("unet", "mobilenet_v2", 1, 2, encoder_depth=3, decoder_channels=(8, 8, 8))
+    _fails("has 3 channel\\(s\\) but the model to fine-tune expects 1", rgb, lab, model=model)
+
+
+def test_number_of_images_and_annotations_differ():
+    img, lab = _pair()
+    _fails("2 image\\(s\\) but 1 annotation", [img, img], [lab])
+
+
+def test_images_with_different_channels():
+    img, lab = _pair()
+    _fails("all training images need the same channels", [img, np.stack([img] * 3, -1)],
+           [lab, lab])
+
+
+def test_bad_settings():
+    img, lab = _pair()
+    _fails("--patch-size must be a multiple of 32", img, lab, patch_size=50)
+    _fails("--resume needs --checkpoint", img, lab, resume=True)
+    _fails("unknown architecture", img, lab, arch="nonsense")
