@@ -9,7 +9,6 @@ and uses that model instead.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 SAMPLES = {"em": "em_model.safetensors", "aerial": "aerial_model.safetensors"}
@@ -30,39 +29,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace, out_dir: Path):
-    from tqdm import tqdm
-
-    from napari_semseg.core.models import save_model
-    from napari_semseg.core.train import iter_train
+    """Train with ``napari-semseg train`` itself (same generator, same progress bar)."""
+    from napari_semseg.core.errors import SemSegError
+    from napari_semseg.core.models import load_model
     from napari_semseg.sample_data import sample_path
 
-    if args.sample != "em":
-        from napari_semseg.core.errors import SemSegError
+    from . import train as train_command
 
+    if args.sample != "em":
         raise SemSegError("--train uses the EM scribbles; run it with --sample em")
     image = sample_path("em_train.tif")
     scribbles = sample_path("em_train_scribbles.tif")
+    path = out_dir / "em_trained_model.safetensors"
     print(f"training on {image.name} with the painted strokes in {scribbles.name} "
           f"for {args.time_budget:.0f} s ...")
-    bar = tqdm(total=round(args.time_budget), unit="s", file=sys.stderr,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}")
-    job = iter_train(image, scribbles, time_budget=args.time_budget, device=args.device,
-                     class_names=["membrane", "interior"], class_colors=["#ff00ff", "#00c8ff"])
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            model = stop.value
-            break
-        bar.n = min(bar.total, round(event.elapsed))
-        post = {"loss": f"{event.loss:.3f}"}
-        if event.best is not None:
-            post["val mIoU"] = f"{event.best:.3f}"
-        bar.set_postfix(post, refresh=True)
-    bar.close()
-    path = save_model(model, out_dir / "em_trained_model.safetensors", overwrite=True)
-    print(f"model saved to {path}")
-    return model
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    train_args = parser.parse_args([
+        "train", "--images", str(image), "--labels", str(scribbles), "--output", str(path),
+        "--time-budget", str(args.time_budget), "--device", args.device, "--overwrite",
+        "--class-names", "membrane,interior", "--class-colors", "#ff00ff,#00c8ff"])
+    if train_command.run(train_args) != 0:
+        raise SemSegError("training did not finish")
+    return load_model(path)
 
 
 def run(args: argparse.Namespace) -> int:
