@@ -61,17 +61,23 @@ def child(rounds: int, size: int) -> dict:
     per_round = []
     for _ in range(rounds):
         r: dict = {}
-        r["raw512_plain_s"] = median(raw_forward_seconds(model, 512, 6))
+        cpu: dict[str, list[float]] = {k: [] for k in ("p", "e", "t", "d", "s")}
+        r["raw512_plain_s"] = median(raw_forward_seconds(model, 512, 6, cpu_times=cpu["p"]))
         r["raw512_engine_s"] = median(raw_forward_seconds(fast, 512, 6, channels_last=True,
-                                                          heap_reuse=True))
+                                                          heap_reuse=True, cpu_times=cpu["e"]))
         r["raw_tile_engine_s"] = median(raw_forward_seconds(fast, plan.tile, 3,
-                                                            channels_last=True, heap_reuse=True))
+                                                            channels_last=True, heap_reuse=True,
+                                                            cpu_times=cpu["t"]))
         shutil.rmtree(out, ignore_errors=True)
         r["segment_default_s"], _ = timed(lambda: segment(big, fast, device="cpu", output=out,
-                                                          overwrite=True))
+                                                          overwrite=True), cpu["d"])
         shutil.rmtree(out, ignore_errors=True)
         r["segment_512_s"], _ = timed(lambda: segment(small, fast, device="cpu", tile=512,
-                                                      output=out, overwrite=True))
+                                                      output=out, overwrite=True), cpu["s"])
+        for key, name in (("p", "raw512_plain"), ("e", "raw512_engine"),
+                          ("t", "raw_tile_engine"), ("d", "segment_default"),
+                          ("s", "segment_512")):
+            r[f"{name}_cpu_s"] = median(cpu[key])
         per_round.append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)
     mpx = size * size / 1e6
@@ -91,6 +97,15 @@ def child(rounds: int, size: int) -> dict:
             "image_efficiency_vs_engine": e2e / raw_engine,
             "tile_efficiency_512": grid512.n_tiles * r["raw512_engine_s"] / r["segment_512_s"],
             "end_to_end_512_mpx_s": 2048 * 2048 / 1e6 / r["segment_512_s"],
+            # the same ratios from process CPU seconds (less disturbed by other jobs)
+            "cpu_tile_efficiency_default": grid.n_tiles * r["raw_tile_engine_cpu_s"]
+            / r["segment_default_cpu_s"],
+            "cpu_image_efficiency_vs_plain": (mpx / r["segment_default_cpu_s"])
+            / (0.262144 / r["raw512_plain_cpu_s"]),
+            "cpu_image_efficiency_vs_engine": (mpx / r["segment_default_cpu_s"])
+            / (0.262144 / r["raw512_engine_cpu_s"]),
+            "cpu_tile_efficiency_512": grid512.n_tiles * r["raw512_engine_cpu_s"]
+            / r["segment_512_cpu_s"],
         })
     summary = {k: median([d[k] for d in derived]) for k in derived[0]}
     return {"rounds": per_round, "derived": derived, "median": summary,
@@ -125,6 +140,12 @@ def main() -> None:
                      m["raw_tile_engine_mpx_s"], m["end_to_end_mpx_s"],
                      m["tile_efficiency_default"], m["image_efficiency_vs_plain"],
                      m["image_efficiency_vs_engine"], m["tile_efficiency_512"]])
+    cpu_rows = []
+    for name, res in results["variants"].items():
+        m = res["median"]
+        cpu_rows.append([name, m["cpu_tile_efficiency_default"],
+                         m["cpu_image_efficiency_vs_plain"], m["cpu_image_efficiency_vs_engine"],
+                         m["cpu_tile_efficiency_512"]])
     plan = next(iter(results["variants"].values()))["default_plan"]
     table = (
         f"Unet-resnet18, CPU ({results['machine']['cpu']}, {results['machine']['cores']} cores), "
@@ -136,7 +157,11 @@ def main() -> None:
         + md_table(["variant", "raw 512² plain Mpx/s", "raw 512² engine cfg Mpx/s",
                     f"raw {plan['tile']}² engine cfg Mpx/s", "end-to-end Mpx/s",
                     "(i) tile eff. default", "(ii) image eff. vs plain",
-                    "(ii) image eff. vs engine cfg", "(i) tile eff. 512² tiles"], rows))
+                    "(ii) image eff. vs engine cfg", "(i) tile eff. 512² tiles"], rows)
+        + "\n\nThe same ratios from process CPU seconds (all threads; less disturbed by other "
+        "jobs on a shared machine, but background reading/writing counts fully):\n\n"
+        + md_table(["variant", "(i) tile eff. default", "(ii) image eff. vs plain",
+                    "(ii) image eff. vs engine cfg", "(i) tile eff. 512² tiles"], cpu_rows))
     write_results("efficiency", results, table)
 
 

@@ -243,9 +243,11 @@ def engine_model(model: Any) -> Any:
 
 
 def raw_forward_seconds(model: Any, size: int, n: int, *, channels_last: bool = False,
-                        heap_reuse: bool = False, batch: int = 1) -> list[float]:
+                        heap_reuse: bool = False, batch: int = 1,
+                        cpu_times: list[float] | None = None) -> list[float]:
     """Seconds per forward pass (plus softmax) of ``batch`` tiles of ``size``² in a tight loop
-    (one untimed warm-up pass first)."""
+    (one untimed warm-up pass first). ``cpu_times`` receives the process CPU seconds of each
+    pass (all threads), a measure that other jobs on a shared machine disturb much less."""
     import contextlib
 
     import torch
@@ -260,13 +262,18 @@ def raw_forward_seconds(model: Any, size: int, n: int, *, channels_last: bool = 
     with ctx, torch.inference_mode():
         model(x).softmax(1)
         for _ in range(n):
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             model(x).softmax(1)
             times.append(time.perf_counter() - t)
+            if cpu_times is not None:
+                cpu_times.append(time.process_time() - c)
     return times
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
+def timed(fn: Callable[[], Any], cpu: list[float] | None = None) -> tuple[float, Any]:
+    """Wall seconds of ``fn()`` (and its process CPU seconds appended to ``cpu``)."""
+    c, t = time.process_time(), time.perf_counter()
     out = fn()
+    if cpu is not None:
+        cpu.append(time.process_time() - c)
     return time.perf_counter() - t, out
