@@ -94,3 +94,21 @@ def test_bad_settings():
     _fails("--patch-size must be a multiple of 32", img, lab, patch_size=50)
     _fails("--resume needs --checkpoint", img, lab, resume=True)
     _fails("unknown architecture", img, lab, arch="nonsense")
+
+
+def test_decoder_widths_that_do_not_match_the_depth():
+    img, lab = _pair()
+    msg = _fails("--decoder-channels has 2 widths but --encoder-depth is 4", img, lab,
+                 decoder_channels="64,32", encoder_depth=4)
+    assert "one width per stage" in msg
+    _fails("--decoder-channels must be comma-separated integers", img, lab,
+           decoder_channels="64,x,16,16")
+
+
+def test_default_decoder_widths_follow_a_changed_depth():
+    from napari_semseg.core.settings import TrainSettings
+    from napari_semseg.core.train import _arch_kwargs
+
+    kw = _arch_kwargs(TrainSettings(encoder_depth=3))
+    assert kw == {"encoder_depth": 3, "decoder_channels": [64, 32, 16]}
+    assert _arch_kwargs(TrainSettings(arch="fpn")) == {}

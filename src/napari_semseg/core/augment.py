@@ -76,6 +76,8 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) ->
     """Brightness, contrast, gamma, per-channel shift, blur and noise, per sample."""
     b, c = images.shape[:2]
     dev = images.device
+    if cfg.intensity_p <= 0:
+        return images
     apply = (_rand(gen, b) < cfg.intensity_p).float()
     x = images
     # gamma on the per-sample [0, 1] range
@@ -94,7 +96,7 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) ->
         shift = (_rand(gen, b, c) * 2 - 1) * cfg.channel_shift * apply.view(b, 1)
         x = x + shift.to(dev).view(b, c, 1, 1)
     if cfg.blur > 0:
-        blur = _rand(gen, b) < cfg.blur
+        blur = (_rand(gen, b) < cfg.blur) & (apply > 0)
         if blur.any():
             k = torch.tensor([0.25, 0.5, 0.25], device=dev, dtype=x.dtype)
             kernel = (k[:, None] * k[None, :]).expand(c, 1, 3, 3)

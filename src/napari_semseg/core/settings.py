@@ -63,17 +63,17 @@ class TrainSettings:
 
     arch: str = _opt("unet", "architecture: unet, unetplusplus, fpn, deeplabv3plus, segformer, ...")
     encoder: str = _opt("resnet18", "any segmentation-models-pytorch encoder name")
-    encoder_depth: int | None = _opt(None, "encoder stages used (3-5; fewer is faster, with "
-                                           "less context; default: the architecture's 5)")
-    decoder_channels: str | None = _opt(None, "Unet decoder widths, comma-separated, one per "
-                                              "encoder stage (e.g. 128,64,32,16)")
+    encoder_depth: int | None = _opt(4, "encoder stages used by Unet, Unet++ and MAnet (1-5; "
+                                        "fewer is faster, with less context)")
+    decoder_channels: str | None = _opt("64,32,16,16", "Unet/Unet++/MAnet decoder widths, "
+                                                       "comma-separated, one per encoder stage")
     epochs: int | None = _opt(None, "number of epochs (default: until time_budget, else 50)")
     time_budget: float | None = _opt(None, "wall-clock budget in seconds")
-    steps_per_epoch: int = _opt(50, "optimizer steps per epoch (validation, checkpoint and new "
+    steps_per_epoch: int = _opt(25, "optimizer steps per epoch (validation, checkpoint and new "
                                     "annotations happen between epochs)")
     batch_size: int = _opt(8, "patches per step")
-    patch_size: int = _opt(256, "training patch edge in pixels (multiple of 32)")
-    learning_rate: float = _opt(1e-3, "peak learning rate (one-cycle schedule)")
+    patch_size: int = _opt(128, "training patch edge in pixels (multiple of 32)")
+    learning_rate: float = _opt(3e-3, "peak learning rate (one-cycle schedule)")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
     validation: float = _opt(0.2, "fraction of annotated pixels held out by region (blocks) for "
                                   "validation (0 disables validation)")
@@ -87,11 +87,17 @@ class TrainSettings:
                                        "pixels (pulls class boundaries onto image edges)")
     affinity_sigma: float = _opt(0.15, "intensity difference (normalized units) at which "
                                        "neighbours stop counting as alike")
-    augment: bool = _opt(True, "flips, 90-degree rotations, scale jitter, intensity, noise, CutMix")
+    augment: bool = _opt(True, "augmentation: flips, 90-degree rotations, scale jitter, CutMix "
+                               "and (see intensity_augment) intensity jitter")
     scale_jitter: float = _opt(0.25, "zoom range of the scale augmentation (0.25: 0.8x-1.25x)")
     cutmix: float = _opt(0.3, "probability that a patch receives a CutMix box")
+    intensity_augment: float = _opt(0.0, "probability that a patch gets brightness/contrast/"
+                                         "gamma/colour/blur/noise jitter (helps images whose "
+                                         "acquisition varies; slows learning otherwise)")
     normalization: str = _opt("percentile", "input normalization: percentile, meanstd or none")
-    early_stopping: int | None = _opt(10, "stop after this many epochs without improvement")
+    early_stopping: int | None = _opt(None, "stop after this many epochs without improvement "
+                                            "(default: never; the one-cycle schedule gives its "
+                                            "best results at the end)")
     device: str = _opt("auto", "'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'mps'")
     amp: bool = _opt(True, "mixed precision: bf16/fp16 on GPU, bf16 on CPUs that compute it "
                            "natively (AVX512-BF16, AMX)")
@@ -121,6 +127,9 @@ class TrainSettings:
             raise SemSegError(f"--encoder-depth must be 1 to 5, got {self.encoder_depth}")
         if not 0 <= self.class_balance <= 1:
             raise SemSegError(f"--class-balance must be in [0, 1], got {self.class_balance}")
+        if not 0 <= self.intensity_augment <= 1:
+            raise SemSegError(f"--intensity-augment must be in [0, 1], got "
+                              f"{self.intensity_augment}")
         if not 0 <= self.cutmix <= 1:
             raise SemSegError(f"--cutmix must be in [0, 1], got {self.cutmix}")
         if self.scale_jitter < 0:

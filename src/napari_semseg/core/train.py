@@ -287,16 +287,32 @@ def estimate_training_normalization(images: list[ImageSource], mode: str = "perc
 # --------------------------------------------------------------------------- model set-up
 
 
+UNET_FAMILY = ("unet", "unetplusplus", "manet")
+
+
 def _arch_kwargs(settings: TrainSettings) -> dict[str, Any]:
+    """``encoder_depth`` and ``decoder_channels`` for Unet-family architectures (others use
+    their own defaults). Decoder widths that do not match the depth are derived from it."""
+    arch = settings.arch.lower().replace("_", "").replace("-", "")
+    if arch not in UNET_FAMILY:
+        return {}
     kw: dict[str, Any] = {}
-    if settings.encoder_depth is not None:
-        kw["encoder_depth"] = int(settings.encoder_depth)
+    depth = settings.encoder_depth
+    if depth is not None:
+        kw["encoder_depth"] = int(depth)
     if settings.decoder_channels:
         try:
-            kw["decoder_channels"] = [int(c) for c in str(settings.decoder_channels).split(",")]
+            widths = [int(c) for c in str(settings.decoder_channels).split(",")]
         except ValueError:
             raise SemSegError(f"--decoder-channels must be comma-separated integers, got "
                               f"{settings.decoder_channels!r}") from None
+        d = depth if depth is not None else 5
+        if len(widths) != d:
+            if str(settings.decoder_channels) != TrainSettings().decoder_channels:
+                raise SemSegError(f"--decoder-channels has {len(widths)} widths but "
+                                  f"--encoder-depth is {d}; give one width per stage")
+            widths = [max(16, 64 >> i) for i in range(d)]
+        kw["decoder_channels"] = widths
     return kw
 
 
@@ -580,7 +596,8 @@ def _loop(model: SemSegModel, data: TrainData, norm: Normalization, settings: Tr
     if device.type == "cpu":
         tune_malloc()
     started = time.perf_counter()
-    aug = AugmentConfig(cutmix=settings.cutmix, scale=settings.scale_jitter)
+    aug = AugmentConfig(cutmix=settings.cutmix, scale=settings.scale_jitter,
+                        intensity_p=settings.intensity_augment)
     if not settings.augment:
         aug = AugmentConfig(flips=False, scale=0, brightness=0, contrast=0, gamma=0,
                             channel_shift=0, noise=0, blur=0, cutmix=0, intensity_p=0)
@@ -739,6 +756,7 @@ def _loop(model: SemSegModel, data: TrainData, norm: Normalization, settings: Tr
             state = {"epoch": epoch, "step": step, "elapsed": elapsed(), "best": best,
                      "best_metrics": best_metrics, "best_epoch": best_epoch,
                      "history": history, "validation_blocks": [list(b) for b in val_blocks]}
+            state["threads"] = tuner.describe() if device.type == "cpu" else None
             model.metadata.training = _provenance(settings, data, state, patches, session_steps,
                                                   started, device, origin, finished=False)
             if checkpoint is not None:
@@ -762,7 +780,8 @@ def _loop(model: SemSegModel, data: TrainData, norm: Normalization, settings: Tr
         final = _best_copy(model, best_state)
         state = {"epoch": epoch, "step": step, "elapsed": elapsed(), "best": best,
                  "best_metrics": best_metrics, "best_epoch": best_epoch, "history": history,
-                 "validation_blocks": [list(b) for b in val_blocks]}
+                 "validation_blocks": [list(b) for b in val_blocks],
+                 "threads": tuner.describe() if device.type == "cpu" else None}
         final.metadata.training = _provenance(settings, data, state, patches, session_steps,
                                               started, device, origin, finished=True)
         if checkpoint is not None:  # the finished model; no loop state left to resume
@@ -811,6 +830,9 @@ def _provenance(settings: TrainSettings, data: TrainData, state: dict[str, Any],
         "time_s": round(state["elapsed"], 2),
         "seed": settings.seed,
         "device": str(device),
+        "cpu_threads": state.get("threads"),
+        "precision": ("fp32" if not settings.amp else "mixed" if device.type != "cpu"
+                      else "bf16" if cpu_has_bf16() else "fp32"),
         "patches_per_s": round(patches / session, 3) if session > 0 else None,
         "finished": finished,
     }
