@@ -12,6 +12,7 @@ import torch
 import zarr
 
 from napari_semseg import build_model, iter_segment, segment
+from napari_semseg.core.device import cpu_has_bf16, precision_name
 from napari_semseg.core.errors import SemSegError
 from napari_semseg.core.predict import default_overlap_for, plan_tiles
 from napari_semseg.core.io import open_image
@@ -78,11 +79,27 @@ def test_numpy_output_labels_probabilities_uncertainty(tiny_model, grey_image):
 
 
 def test_single_tile_equals_whole_image_forward(tiny_model, grey_image):
-    res = segment(grey_image, tiny_model, device="cpu", tile=512, probabilities=True)
+    # fp32 (amp=False): exact up to the uint8 quantization
+    res = segment(grey_image, tiny_model, device="cpu", tile=512, probabilities=True, amp=False)
     ref = whole_image_probabilities(tiny_model, grey_image)
     assert np.abs(res.probabilities / 255.0 - ref).max() <= 1 / 255 + 1e-4
     agree = (res.labels == ref.argmax(0) + 1).mean()
     assert agree > 0.999
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="the CPU has no native bf16")
+def test_bf16_on_cpus_that_compute_it_is_close_to_fp32(tiny_model, grey_image):
+    fast = segment(grey_image, tiny_model, device="cpu", tile=512, probabilities=True)
+    exact = segment(grey_image, tiny_model, device="cpu", tile=512, probabilities=True, amp=False)
+    diff = np.abs(fast.probabilities.astype(int) - exact.probabilities.astype(int))
+    assert 0 < diff.max() <= 12  # bf16 did run (not identical), and stays close
+    assert (fast.labels == exact.labels).mean() > 0.99
+
+
+def test_precision_names():
+    cpu = torch.device("cpu")
+    assert precision_name(cpu, False) == "fp32"
+    assert precision_name(cpu, True) == ("bf16" if cpu_has_bf16() else "fp32")
 
 
 def test_batches_give_the_same_result(tiny_model, grey_image):

