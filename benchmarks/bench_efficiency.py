@@ -3,8 +3,9 @@
 Unet-resnet18 (1 channel, 2 classes) on the CPU. In one process, interleaved in rounds:
 
 - **raw forward**, 512² tiles, batch 1, tight loop (forward + softmax): the model as built
-  (NCHW, default allocator: "plain") and as the engine runs it (channels_last, freed
-  activations kept for reuse: "engine config"); also at the engine's default tile size;
+  (NCHW, default allocator, fp32: "plain") and as the engine runs it (channels_last, freed
+  activations kept for reuse, bf16 autocast on CPUs with native bf16: "engine config"); also
+  at the engine's default tile size;
 - **end-to-end** :func:`napari_semseg.segment` with default settings on a 4096² uint8 zarr on disk
   written to an OME-Zarr (reading, normalization, forward, blending, argmax, writing, pyramid),
   and with 512² tiles on a 2048² zarr.
@@ -43,6 +44,7 @@ def child(rounds: int, size: int) -> dict:
     import torch
 
     from napari_semseg import segment
+    from napari_semseg.core.device import precision_name
     from napari_semseg.core.io import open_image
     from napari_semseg.core.predict import plan_tiles
     from napari_semseg.core.settings import PredictSettings
@@ -58,16 +60,18 @@ def child(rounds: int, size: int) -> dict:
     plan512 = plan_tiles(open_image(small), model, PredictSettings(tile=512),
                          torch.device("cpu"))
     grid512 = TileGrid.plan((2048, 2048), 512, plan512.overlap, 32, plan512.chunk)
+    bf16 = precision_name(torch.device("cpu"), True) == "bf16"  # as the engine computes
     per_round = []
     for _ in range(rounds):
         r: dict = {}
         cpu: dict[str, list[float]] = {k: [] for k in ("p", "e", "t", "d", "s")}
         r["raw512_plain_s"] = median(raw_forward_seconds(model, 512, 6, cpu_times=cpu["p"]))
         r["raw512_engine_s"] = median(raw_forward_seconds(fast, 512, 6, channels_last=True,
-                                                          heap_reuse=True, cpu_times=cpu["e"]))
+                                                          heap_reuse=True, bf16=bf16,
+                                                          cpu_times=cpu["e"]))
         r["raw_tile_engine_s"] = median(raw_forward_seconds(fast, plan.tile, 3,
                                                             channels_last=True, heap_reuse=True,
-                                                            cpu_times=cpu["t"]))
+                                                            bf16=bf16, cpu_times=cpu["t"]))
         shutil.rmtree(out, ignore_errors=True)
         r["segment_default_s"], _ = timed(lambda: segment(big, fast, device="cpu", output=out,
                                                           overwrite=True), cpu["d"])
@@ -114,6 +118,7 @@ def child(rounds: int, size: int) -> dict:
                              "computed_pixel_ratio": grid.computed_pixels() / size ** 2},
             "tile512_plan": {"tile": 512, "overlap": plan512.overlap, "chunk": plan512.chunk,
                              "tiles": grid512.n_tiles},
+            "engine_precision": "bf16" if bf16 else "fp32",
             "image_px": size * size, "machine": machine()}
 
 
@@ -151,7 +156,9 @@ def main() -> None:
         f"Unet-resnet18, CPU ({results['machine']['cpu']}, {results['machine']['cores']} cores), "
         f"{args.size}² uint8 zarr -> OME-Zarr; default tile {plan['tile']}, overlap "
         f"{plan['overlap']} (margin {plan['margin']}), chunk {plan['chunk']}: "
-        f"{plan['tiles']} tiles, {plan['computed_pixel_ratio']:.2f}x the image's pixels. "
+        f"{plan['tiles']} tiles, {plan['computed_pixel_ratio']:.2f}x the image's pixels; "
+        f"engine precision {next(iter(results['variants'].values()))['engine_precision']} "
+        "(plain: fp32). "
         f"Medians of {args.rounds} interleaved rounds; load average at start "
         f"{results['machine']['load_average'][0]:.1f}.\n\n"
         + md_table(["variant", "raw 512² plain Mpx/s", "raw 512² engine cfg Mpx/s",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -62,7 +63,7 @@ def child(kind: str, h: int, w: int) -> dict:
         src = tiled_tiff(CACHE / f"mem_{h}x{w}.tif", (h, w))
     else:
         src = synthetic_zarr(CACHE / f"mem_{h}x{w}.zarr", (h, w))
-    out = CACHE / "mem_out.zarr"
+    out = CACHE / f"mem_out_{os.getpid()}.zarr"  # one per process: runs never share an output
     shutil.rmtree(out, ignore_errors=True)
     base = rss_mib()
     t = time.perf_counter()

@@ -11,7 +11,11 @@ methods in interleaved rounds (the machine is shared: ratios are taken within ea
   mode="gaussian")`` on the model as built (NCHW), softmax predictor;
 - ``monai (engine cfg)``: the same with the model converted as our engine runs it on the CPU
   (channels_last, freed activations reused), to separate the tiling strategy from model tuning;
-- ``ours (default)``: :func:`segment` with its seam-free defaults (tile 1216, overlap 192).
+- ``monai (bf16)``: the engine-configured model under bf16 autocast, as our engine runs it on
+  CPUs with native bf16 (separates the tiling strategy from the precision);
+- ``ours (default)``: :func:`segment` with its seam-free defaults (tile 1216, overlap 192;
+  bf16 on CPUs with native bf16);
+- ``ours (default, fp32)``: the same with ``amp=False``.
 
 Ratios: (i) ours (same) vs monai; (ii) ours (default) vs monai (target >= 1.6x).
 
@@ -37,11 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (CACHE, em_mosaic, engine_model, machine, md_table, peak_rss_mib,  # noqa: E402
                     rss_mib, run_child, trained_em_resnet18, write_results)
 
-METHODS = ["whole", "ours_same", "monai", "monai_engine", "ours_default"]
+METHODS = ["whole", "ours_same", "monai", "monai_engine", "monai_bf16", "ours_default",
+           "ours_default_fp32"]
 SEAMS = ["1088/64", "1152/128", "1216/192", "1280/256", "576/192", "512/128"]
 TITLES = {"whole": "whole-image pass", "ours_same": "ours (512 / 128 / batch 1)",
           "monai": "MONAI (512 / 0.25 / batch 1, gaussian)",
-          "monai_engine": "MONAI, engine cfg model", "ours_default": "ours (defaults)"}
+          "monai_engine": "MONAI, engine cfg model",
+          "monai_bf16": "MONAI, engine cfg model + bf16 autocast",
+          "ours_default": "ours (defaults: 1216 / 192, bf16 where native)",
+          "ours_default_fp32": "ours (defaults, fp32: amp=False)"}
 
 
 def timing_child(size: int, model_path: str, rounds: int) -> dict:
@@ -57,14 +65,15 @@ def timing_child(size: int, model_path: str, rounds: int) -> dict:
     image = em_mosaic((size, size))
     norm = model.metadata.normalization
 
-    def monai(net, engine: bool) -> None:
+    def monai(net, engine: bool, bf16: bool = False) -> None:
         from monai.inferers import sliding_window_inference
 
-        with (reuse_freed_memory() if engine else _null()), torch.inference_mode():
+        with (reuse_freed_memory() if engine else _null()), torch.inference_mode(), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             x = norm.apply_torch(torch.from_numpy(image)[None, None])
             if engine:
                 x = x.contiguous(memory_format=torch.channels_last)
-            probs = sliding_window_inference(x, (512, 512), 1, lambda t: net(t).softmax(1),
+            probs = sliding_window_inference(x, (512, 512), 1, lambda t: net(t).float().softmax(1),
                                              overlap=0.25, mode="gaussian")
             (probs[0].argmax(0) + 1).to(torch.uint8)
 
@@ -73,7 +82,9 @@ def timing_child(size: int, model_path: str, rounds: int) -> dict:
                                      batch_size=1),
         "monai": lambda: monai(model, False),
         "monai_engine": lambda: monai(fast, True),
+        "monai_bf16": lambda: monai(fast, True, True),
         "ours_default": lambda: segment(image, fast, device="cpu"),
+        "ours_default_fp32": lambda: segment(image, fast, device="cpu", amp=False),
     }
     out: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(rounds):
@@ -97,12 +108,13 @@ def child(method: str, size: int, model_path: str) -> dict:
     base = rss_mib()
     norm = model.metadata.normalization
     t0 = time.perf_counter()
-    if method in ("whole", "monai", "monai_engine"):
-        net = engine_model(model) if method == "monai_engine" else model
-        with (reuse_freed_memory() if method == "monai_engine" else _null()), \
-                torch.inference_mode():
+    if method in ("whole", "monai", "monai_engine", "monai_bf16"):
+        engine = method in ("monai_engine", "monai_bf16")
+        net = engine_model(model) if engine else model
+        with (reuse_freed_memory() if engine else _null()), torch.inference_mode(), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=method == "monai_bf16"):
             x = norm.apply_torch(torch.from_numpy(image)[None, None])
-            if method == "monai_engine":
+            if engine:
                 x = x.contiguous(memory_format=torch.channels_last)
             if method == "whole":
                 probs = net(x).softmax(1)
@@ -110,8 +122,8 @@ def child(method: str, size: int, model_path: str) -> dict:
                 from monai.inferers import sliding_window_inference
 
                 probs = sliding_window_inference(x, (512, 512), 1,
-                                                 lambda t: net(t).softmax(1), overlap=0.25,
-                                                 mode="gaussian")
+                                                 lambda t: net(t).float().softmax(1),
+                                                 overlap=0.25, mode="gaussian")
             labels = (probs[0].argmax(0) + 1).to(torch.uint8).numpy()
             if method == "whole":
                 np.save(CACHE / "monai_whole_probs.npy",
@@ -124,6 +136,8 @@ def child(method: str, size: int, model_path: str) -> dict:
                       probabilities=True)
         labels = res.labels
         np.save(CACHE / "monai_seam_probs.npy", res.probabilities)
+    elif method == "ours_default_fp32":
+        labels = segment(image, model, device="cpu", amp=False).labels
     else:
         labels = segment(image, model, device="cpu").labels
     seconds = time.perf_counter() - t0
@@ -202,7 +216,11 @@ def main() -> None:
                  ("monai_engine", "ours_same"),
              "(ii) defaults: monai time / ours time": ("monai", "ours_default"),
              "(ii) defaults, monai with engine cfg model: monai / ours":
-                 ("monai_engine", "ours_default")}
+                 ("monai_engine", "ours_default"),
+             "(ii) defaults, both in bf16 (monai engine cfg + autocast): monai / ours":
+                 ("monai_bf16", "ours_default"),
+             "(ii) defaults, both in fp32: monai time / ours (amp=False) time":
+                 ("monai", "ours_default_fp32")}
     for label, (a, b) in pairs.items():
         if a in timing and b in timing:  # median of the per-round ratios
             ratios[label] = float(np.median([x / y for x, y in zip(timing[a], timing[b])]))

@@ -243,11 +243,12 @@ def engine_model(model: Any) -> Any:
 
 
 def raw_forward_seconds(model: Any, size: int, n: int, *, channels_last: bool = False,
-                        heap_reuse: bool = False, batch: int = 1,
+                        heap_reuse: bool = False, batch: int = 1, bf16: bool = False,
                         cpu_times: list[float] | None = None) -> list[float]:
     """Seconds per forward pass (plus softmax) of ``batch`` tiles of ``size``² in a tight loop
-    (one untimed warm-up pass first). ``cpu_times`` receives the process CPU seconds of each
-    pass (all threads), a measure that other jobs on a shared machine disturb much less."""
+    (one untimed warm-up pass first), in fp32 or under bf16 autocast. ``cpu_times`` receives
+    the process CPU seconds of each pass (all threads), a measure that other jobs on a shared
+    machine disturb much less."""
     import contextlib
 
     import torch
@@ -259,11 +260,12 @@ def raw_forward_seconds(model: Any, size: int, n: int, *, channels_last: bool = 
         x = x.contiguous(memory_format=torch.channels_last)
     times = []
     ctx = reuse_freed_memory() if heap_reuse else contextlib.nullcontext()
-    with ctx, torch.inference_mode():
-        model(x).softmax(1)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with ctx, torch.inference_mode(), amp:
+        model(x).float().softmax(1)
         for _ in range(n):
             c, t = time.process_time(), time.perf_counter()
-            model(x).softmax(1)
+            model(x).float().softmax(1)
             times.append(time.perf_counter() - t)
             if cpu_times is not None:
                 cpu_times.append(time.process_time() - c)

@@ -39,3 +39,15 @@ def test_help_lists_the_commands(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "predict" in out and "info" in out
+
+
+@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "info", "demo"])
+def test_every_commands_help_renders_every_option(command, capsys):
+    """Each settings field appears with its help text (a stray '%' used to break argparse)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "option_strings" not in out
+    if command == "predict":
+        assert "label agreement with fp32" in out and "--no-amp" in out

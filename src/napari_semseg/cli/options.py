@@ -33,7 +33,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type,
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         typ = _base_type(f.type)
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help
         if typ is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=default, help=help_text)
