@@ -52,3 +52,23 @@ def tiny_model():
 def grey_image() -> np.ndarray:
     rng = np.random.default_rng(0)
     return (rng.random((150, 170)) * 255).astype(np.uint8)
+
+
+def _absolute_imports(folder: Path) -> list[tuple[str, str]]:
+    """``(file name, module)`` of every absolute import statement in the sources of ``folder``."""
+    import ast
+
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found += [(path.name, a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.append((path.name, node.module))
+    return found
+
+
+@pytest.fixture
+def absolute_imports():
+    """The import scanner used by the architecture tests (a fixture: tests import no helpers)."""
+    return _absolute_imports
