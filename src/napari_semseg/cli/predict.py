@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "(e.g. tcp://10.0.0.5:8786); inputs, model and outputs must be on a "
                             "filesystem all workers share")
     where.add_argument("--local-cluster", metavar="N", type=int,
-                       help="start N dask worker processes on this machine and run on them")
+                       help="start N dask worker processes on this machine and run on them "
+                            "(one per GPU; on a CPU-only machine 1 is fastest: a worker uses "
+                            "all cores)")
     add_settings_arguments(p, PredictSettings)
     p.set_defaults(run=run)
 
