@@ -73,8 +73,8 @@ class TrainSettings:
     time_budget: float | None = _opt(None, "wall-clock budget in seconds")
     steps_per_epoch: int = _opt(25, "optimizer steps per epoch (validation, checkpoint and new "
                                     "annotations happen between epochs)")
-    batch_size: int = _opt(8, "patches per step")
-    patch_size: int = _opt(128, "training patch edge in pixels (multiple of 32)")
+    batch_size: int = _opt(4, "patches per step")
+    patch_size: int = _opt(256, "training patch edge in pixels (multiple of 32)")
     learning_rate: float = _opt(3e-3, "peak learning rate (one-cycle schedule)")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
     validation: float = _opt(0.2, "fraction of annotated pixels held out by region (blocks) for "
