@@ -143,9 +143,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def arch_key(name: str) -> str:
+    """An architecture name as :data:`ARCHITECTURES` spells it ("Unet_PlusPlus" -> "unetplusplus")."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
 def _make_net(meta: ModelMetadata, encoder_weights: str | None = None) -> nn.Module:
     smp = _smp()
-    key = meta.arch.lower().replace("_", "").replace("-", "")
+    key = arch_key(meta.arch)
     if key not in ARCHITECTURES:
         raise SemSegError(f"unknown architecture '{meta.arch}'; choose one of "
                           f"{', '.join(sorted(ARCHITECTURES))}")

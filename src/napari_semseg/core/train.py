@@ -33,7 +33,8 @@ from .io import ImageSource, check_finite, open_array, open_image
 from .losses import SparseLoss, class_weights
 from .malloc import tune_malloc
 from .metrics import confusion_matrix, scores
-from .models import PALETTE, SemSegModel, as_model, build_model, load_model, save_model
+from .models import (PALETTE, SemSegModel, arch_key, as_model, build_model, load_model,
+                     save_model)
 from .normalize import Normalization, estimate_normalization, sample_pixels
 from .progress import drive
 from .sampling import AnnotationIndex, PatchSampler, scan_annotations, split_blocks
@@ -293,8 +294,7 @@ UNET_FAMILY = ("unet", "unetplusplus", "manet")
 def _arch_kwargs(settings: TrainSettings) -> dict[str, Any]:
     """``encoder_depth`` and ``decoder_channels`` for Unet-family architectures (others use
     their own defaults). Decoder widths that do not match the depth are derived from it."""
-    arch = settings.arch.lower().replace("_", "").replace("-", "")
-    if arch not in UNET_FAMILY:
+    if arch_key(settings.arch) not in UNET_FAMILY:
         return {}
     kw: dict[str, Any] = {}
     depth = settings.encoder_depth
@@ -642,6 +642,13 @@ def _loop(model: SemSegModel, data: TrainData, norm: Normalization, settings: Tr
                         settings.threads if device.type == "cpu" else None)
     patches = 0
     session_steps = 0
+
+    def loop_state() -> dict[str, Any]:
+        """The loop's state for the provenance and the checkpoint (read when called)."""
+        return {"epoch": epoch, "step": step, "elapsed": elapsed(), "best": best,
+                "best_metrics": best_metrics, "best_epoch": best_epoch, "history": history,
+                "validation_blocks": [list(b) for b in val_blocks],
+                "threads": tuner.describe() if device.type == "cpu" else None}
     epoch = start_epoch
     stopped = False
     no_improve = 0
@@ -724,10 +731,7 @@ def _loop(model: SemSegModel, data: TrainData, norm: Normalization, settings: Tr
                 best_state = None
             history.append({"epoch": epoch, "step": step, "loss": running / max(1, n_loss),
                             "mean_iou": last_metrics.get("mean_iou"), "elapsed": elapsed()})
-            state = {"epoch": epoch, "step": step, "elapsed": elapsed(), "best": best,
-                     "best_metrics": best_metrics, "best_epoch": best_epoch,
-                     "history": history, "validation_blocks": [list(b) for b in val_blocks]}
-            state["threads"] = tuner.describe() if device.type == "cpu" else None
+            state = loop_state()
             model.metadata.training = _provenance(settings, data, state, patches, session_steps,
                                                   started, device, origin, finished=False)
             if checkpoint is not None:
@@ -749,10 +753,7 @@ def _loop(model: SemSegModel, data: TrainData, norm: Normalization, settings: Tr
             if early:
                 break
         final = _best_copy(model, best_state)
-        state = {"epoch": epoch, "step": step, "elapsed": elapsed(), "best": best,
-                 "best_metrics": best_metrics, "best_epoch": best_epoch, "history": history,
-                 "validation_blocks": [list(b) for b in val_blocks],
-                 "threads": tuner.describe() if device.type == "cpu" else None}
+        state = loop_state()
         final.metadata.training = _provenance(settings, data, state, patches, session_steps,
                                               started, device, origin, finished=True)
         if checkpoint is not None:  # the finished model; no loop state left to resume
