@@ -94,6 +94,12 @@ def test_tile_smaller_than_network_minimum(capsys, tmp_path, model_file, good_ti
                          "smaller than this network's minimum")
 
 
+@pytest.mark.parametrize("value", ["0", "9"])
+def test_tta_out_of_range(capsys, tmp_path, model_file, good_tif, value):
+    assert_clean_failure(capsys, tmp_path, [good_tif, "--model", model_file, "--tta", value],
+                         "--tta must be 1 (off) to 8")
+
+
 def test_output_exists_is_refused_then_overwritten_with_consent(capsys, tmp_path, model_file,
                                                                 good_tif):
     out = tmp_path / "out.tif"

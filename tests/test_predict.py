@@ -18,6 +18,7 @@ from napari_semseg.core.predict import default_overlap_for, plan_tiles
 from napari_semseg.core.io import open_image
 from napari_semseg.core.normalize import estimate_normalization
 from napari_semseg.core.settings import PredictSettings
+from napari_semseg.core.tta import dihedral, undo_dihedral
 
 
 @pytest.fixture
@@ -85,6 +86,24 @@ def test_single_tile_equals_whole_image_forward(tiny_model, grey_image):
     assert np.abs(res.probabilities / 255.0 - ref).max() <= 1 / 255 + 1e-4
     agree = (res.labels == ref.argmax(0) + 1).mean()
     assert agree > 0.999
+
+
+def test_segment_with_tta_matches_the_whole_image_average(tiny_model, grey_image):
+    res = segment(grey_image, tiny_model, device="cpu", tile=512, amp=False, tta=8,
+                  probabilities=True)
+    plain = segment(grey_image, tiny_model, device="cpu", tile=512, amp=False,
+                    probabilities=True)
+    # the reference: the mean of 8 whole-image passes over transformed copies of the padded image
+    stride = tiny_model.metadata.stride
+    h, w = grey_image.shape
+    x = np.pad(grey_image.astype(np.float32), ((0, -h % stride), (0, -w % stride)), mode="reflect")
+    norm = estimate_normalization(open_image(grey_image))
+    with torch.inference_mode():
+        t = norm.apply_torch(torch.from_numpy(x)[None, None])
+        ref = torch.stack([undo_dihedral(tiny_model(dihedral(t, k)).softmax(1), k)
+                           for k in range(8)]).mean(0)[0, :, :h, :w].numpy()
+    assert np.abs(res.probabilities / 255.0 - ref).max() <= 1 / 255 + 1e-4
+    assert np.abs(res.probabilities.astype(int) - plain.probabilities.astype(int)).max() > 2
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="the CPU has no native bf16")

@@ -22,7 +22,9 @@ LIMITS: dict[str, tuple[float, float, float]] = {  # name: (max, step, default-i
     "patch_size": (2048, 32, 256),
     "learning_rate": (1.0, 1e-4, 1e-3),
     "encoder_depth": (5, 1, 5),
+    "tta": (8, 1, 1),
 }
+MINIMUM: dict[str, int] = {"tta": 1}
 
 
 class SettingsForm(QWidget):
@@ -56,7 +58,7 @@ class SettingsForm(QWidget):
             elif "int" in kind:
                 editor = QSpinBox()
                 top, step, _ = LIMITS.get(name, (10**6, 1, 1))
-                editor.setRange(0, int(top))
+                editor.setRange(MINIMUM.get(name, 0), int(top))
                 editor.setSingleStep(int(step))
                 editor.setValue(int(default or 0))
             elif "str" in kind:

@@ -80,8 +80,8 @@ class SegmentWidget(QWidget):
         self.model_info.setWordWrap(True)
         self.device = DeviceField()
         self.form = SettingsForm(PredictSettings,
-                                 ["tile", "overlap", "batch_size", "probabilities",
-                                  "uncertainty"])
+                                 ["tile", "overlap", "batch_size", "tta", "probabilities",
+                                  "uncertainty"], labels={"tta": "test-time aug."})
         self.run_button = QPushButton("Segment")
         self.run_button.setObjectName("run")
         self.cancel_button = QPushButton("Cancel")

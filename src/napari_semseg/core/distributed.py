@@ -203,13 +203,13 @@ def _predictor(job: BlockJob, device: Any, model_bytes: bytes | None = None) -> 
     from .predict import TilePredictor
 
     s = job.settings
-    key = (job.model_path, job.model_digest, str(device), s.amp, s.compile, job.scale)
+    key = (job.model_path, job.model_digest, str(device), s.amp, s.compile, s.tta, job.scale)
     with _CACHE_LOCK:
         pred = _PREDICTORS.get(key)
     if pred is None:
         model = _load_model(job, model_bytes)
         pred = TilePredictor(model, device, job.normalization, amp=s.amp, scale=job.scale,
-                             compile=s.compile)
+                             compile=s.compile, tta=s.tta)
         with _CACHE_LOCK:
             _PREDICTORS.clear()
             _PREDICTORS[key] = pred

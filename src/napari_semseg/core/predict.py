@@ -40,6 +40,7 @@ from .normalize import Normalization, estimate_normalization
 from .progress import ChunkResult, PredictProgress, drive
 from .settings import PredictSettings, merge
 from .tiling import TileGrid, default_margin, normalize_tile, round_up
+from .tta import averaged_probabilities
 from .writers import (OutputLayout, SegmentationResult, check_output, is_complete, make_sink)
 
 DEFAULT_CHUNK = 1024  # output chunk edge; a tile is a chunk plus the overlap
@@ -154,8 +155,10 @@ class TilePredictor:
     """
 
     def __init__(self, model: SemSegModel, device: torch.device, normalization: Normalization,
-                 *, amp: bool = True, scale: float = 1.0, compile: bool = False) -> None:
+                 *, amp: bool = True, scale: float = 1.0, compile: bool = False,
+                 tta: int = 1) -> None:
         self.device, self.norm, self.amp, self.scale = device, normalization, amp, scale
+        self.tta = tta
         self.stride = model.metadata.stride
         self.classes = model.metadata.classes
         self.model = model.to(device).eval()
@@ -180,6 +183,11 @@ class TilePredictor:
             w = self._weights[key] = torch.from_numpy(np.ascontiguousarray(make())).to(self.device)
         return w
 
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.forward(x)
+
     def _run(self, x: torch.Tensor, weights: list[torch.Tensor] | None) -> torch.Tensor:
         h, w = x.shape[-2:]
         with torch.inference_mode(), autocast(self.device, self.amp):
@@ -188,12 +196,11 @@ class TilePredictor:
                 size = (round_up(max(1, round(h * self.scale)), self.stride),
                         round_up(max(1, round(w * self.scale)), self.stride))
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = self.forward(x).float()
+            probs = averaged_probabilities(self._forward, x, self.tta)
             if self.scale != 1.0:
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            probs = logits.softmax(dim=1).contiguous()
+                # resampled probabilities still sum to 1 (bilinear weights are convex)
+                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+            probs = probs.contiguous()
             if weights is not None:
                 for b, wt in enumerate(weights):
                     probs[b].mul_(wt)
@@ -646,7 +653,8 @@ def run_local(job: SegmentJob, *, should_stop: Callable[[], bool] | None = None,
         n_wanted = sum(len(w) for w in wanted.values())
         total = sum(len(grid.tiles_for(wanted[p])) for p in wanted if wanted[p])
         predictor = TilePredictor(job.model, device, job.normalization, amp=settings.amp,
-                                  scale=plan.scale, compile=settings.compile)
+                                  scale=plan.scale, compile=settings.compile,
+                                  tta=settings.tta)
         done = 0
         started = time.perf_counter()
         note = f" (resuming: {len(done_before)} chunks already done)" if done_before else ""

@@ -1,0 +1,45 @@
+"""Test-time augmentation: the eight flips and transposes of a square's symmetry group.
+
+Averaging the class probabilities of flipped and transposed copies of a tile removes much of
+the orientation noise of a network trained on few annotations (+0.02 mean IoU measured on ISBI
+2012 EM with 8 copies; see the README). Transform ``k`` (0..7) flips the width axis when bit 0
+is set, the height axis when bit 1 is set, and swaps height and width first when bit 2 is set;
+``k = 0`` is the identity, ``k < 4`` are pure flips.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_TTA = 8
+
+
+def _flip_dims(k: int) -> list[int]:
+    return [d for d, bit in ((-1, 1), (-2, 2)) if k & bit]
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Transform ``k`` (0..7) of the last two axes of ``x``."""
+    if k & 4:
+        x = x.transpose(-1, -2)
+    dims = _flip_dims(k)
+    return x.flip(dims) if dims else x
+
+
+def undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`dihedral`: ``undo_dihedral(dihedral(x, k), k) == x``."""
+    dims = _flip_dims(k)
+    if dims:
+        x = x.flip(dims)
+    return x.transpose(-1, -2) if k & 4 else x
+
+
+def averaged_probabilities(forward, x: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean softmax probabilities ``(B, K, H, W)`` (float32) of ``forward`` over the first ``n``
+    transforms of ``x`` (``n = 1``: the plain prediction)."""
+    total: torch.Tensor | None = None
+    for k in range(max(1, min(int(n), MAX_TTA))):
+        probs = undo_dihedral(forward(dihedral(x, k)).float().softmax(dim=1), k)
+        total = probs if total is None else total.add_(probs)
+    assert total is not None
+    return total.div_(n) if n > 1 else total
