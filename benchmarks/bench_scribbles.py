@@ -6,7 +6,8 @@ images with :func:`napari_semseg.core.scribbles.make_scribbles` (fixed seeds, ~1
 Then, in the same run and on the same scribbles:
 
 - **CNN**: :func:`napari_semseg.train` with the library defaults and a wall-clock budget
-  (120 s on the CPU by default), then :func:`napari_semseg.segment` on the held-out images;
+  (120 s on the CPU by default), then :func:`napari_semseg.segment` on the held-out images,
+  plain and with test-time augmentation (``tta=8``);
 - **RF**: the ilastik/Labkit-style baseline, scikit-image ``multiscale_basic_features``
   (intensity, edges, texture; sigma 0.5-16) and a scikit-learn ``RandomForestClassifier``
   (100 trees) trained on the scribbled pixels (not time-limited);
@@ -88,9 +89,13 @@ def run_cnn(train, labels, test, names, budget, overrides, device):
     t0 = time.perf_counter()
     preds = [np.asarray(segment(img, model, device=device).labels) for img, _ in test]
     t_pred = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    preds_tta = [np.asarray(segment(img, model, device=device, tta=8).labels) for img, _ in test]
+    t_tta = time.perf_counter() - t0
     tr = model.metadata.training
-    return preds, {
+    return preds, preds_tta, {
         "train_s": round(t_train, 1), "predict_s": round(t_pred, 1),
+        "predict_tta8_s": round(t_tta, 1),
         "steps": tr["steps"], "epochs": tr["epochs"], "best_epoch": tr["best_epoch"],
         "patches_per_s": tr["patches_per_s"],
         "patch_size": tr["settings"]["patch_size"], "batch_size": tr["settings"]["batch_size"],
@@ -98,6 +103,27 @@ def run_cnn(train, labels, test, names, budget, overrides, device):
         "model": f"{model.metadata.arch}/{model.metadata.encoder} {model.metadata.arch_kwargs}",
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
+
+
+def _mean_scores(items: list[dict]) -> dict:
+    return {"mean_iou": float(np.mean([r["mean_iou"] for r in items])),
+            "accuracy": float(np.mean([r["accuracy"] for r in items])),
+            "iou": {k: float(np.mean([r["iou"][k] for r in items])) for k in items[0]["iou"]},
+            "runs": [r["mean_iou"] for r in items]}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean scores over the seeds (``runs`` keeps each seed's mean IoU), plus the first run's
+    timing and model details with steps and patches/s averaged."""
+    out = dict(runs[0])
+    out.update(_mean_scores(runs))
+    out["per_seed"] = [{k: v for k, v in r.items() if k not in ("iou", "tta8")} for r in runs]
+    for key in ("steps", "patches_per_s"):
+        if key in runs[0]:
+            out[key] = round(float(np.mean([r[key] for r in runs])), 1)
+    if "tta8" in runs[0]:
+        out["tta8"] = _mean_scores([r["tta8"] for r in runs])
+    return out
 
 
 def rf_features(img: np.ndarray) -> np.ndarray:
@@ -133,25 +159,45 @@ def run_rf(train, labels, test, seed=0):
 
 def markdown(results: dict) -> str:
     lines = ["# Scribble benchmark", "",
-             f"{results['machine']}; CNN budget {results['budget_s']} s on {results['device']}.",
-             "", "| data set | scribbled pixels | RF mean IoU | CNN mean IoU | CNN - RF | "
+             f"{results['machine']}; CNN budget {results['budget_s']} s on {results['device']}; "
+             f"mean over seeds {results.get('seeds', [0])} (min-max in brackets).",
+             "CNN columns: plain prediction / with test-time augmentation (`tta=8`) from the same "
+             "model.", "", "| data set | scribbled pixels | RF mean IoU | CNN mean IoU | CNN - RF | "
              "CNN dense (ref.) | CNN steps | patches/s |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+
+    def spread(v: dict) -> str:
+        runs = v.get("runs", [])
+        return f" ({min(runs):.3f}-{max(runs):.3f})" if len(runs) > 1 else ""
+
+    def both(v: dict) -> str:
+        if not v:
+            return "-"
+        tta = v.get("tta8", {})
+        text = fmt(v["mean_iou"]) + spread(v)
+        return text + (f" / {tta['mean_iou']:.3f}{spread(tta)}" if tta else "")
+
     for name, r in results["datasets"].items():
         m = r["methods"]
         rf = m.get("rf", {}).get("mean_iou")
-        cnn = m.get("cnn", {}).get("mean_iou")
-        dense = m.get("cnn_dense", {}).get("mean_iou")
-        diff = f"{cnn - rf:+.3f}" if rf is not None and cnn is not None else "-"
-        fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
-        lines.append(f"| {r['title']} | {r['scribbled_fraction'] * 100:.2f} % | {fmt(rf)} | "
-                     f"{fmt(cnn)} | {diff} | {fmt(dense)} | {m.get('cnn', {}).get('steps', '-')} | "
-                     f"{m.get('cnn', {}).get('patches_per_s', '-')} |")
+        cnn = m.get("cnn", {})
+        diff = "-"
+        if rf is not None and cnn:
+            diff = f"{cnn['mean_iou'] - rf:+.3f}"
+            if "tta8" in cnn:
+                diff += f" / {cnn['tta8']['mean_iou'] - rf:+.3f}"
+        lines.append(f"| {r['title']} | {r['scribbled_fraction'] * 100:.2f} % | "
+                     f"{fmt(rf)}{spread(m.get('rf', {}))} | "
+                     f"{both(cnn)} | {diff} | {both(m.get('cnn_dense', {}))} | "
+                     f"{cnn.get('steps', '-')} | {cnn.get('patches_per_s', '-')} |")
     lines += ["", "Per-class IoU:", ""]
     for name, r in results["datasets"].items():
         lines.append(f"- {r['title']}:")
         for meth, v in r["methods"].items():
-            per = ", ".join(f"{k} {x:.3f}" for k, x in v["iou"].items())
-            lines.append(f"  - {meth}: {per}")
+            for label, sc in ((meth, v), (f"{meth} + tta8", v.get("tta8"))):
+                if sc:
+                    per = ", ".join(f"{k} {x:.3f}" for k, x in sc["iou"].items())
+                    lines.append(f"  - {label}: {per}")
     return "\n".join(lines) + "\n"
 
 
@@ -160,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", choices=("em", "aerial", "both"), default="both")
     ap.add_argument("--methods", default="rf,cnn,cnn_dense")
     ap.add_argument("--budget", type=float, default=120.0)
+    ap.add_argument("--seeds", default="0,1", help="training seeds; scores are their mean")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -178,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError:
             overrides[key] = value
     methods = args.methods.split(",")
+    seeds = [int(x) for x in args.seeds.split(",")]
     results = {"machine": f"{platform.processor() or platform.machine()}, "
                           f"{torch.get_num_threads()} torch threads",
                "budget_s": args.budget, "device": args.device, "overrides": overrides,
+               "seeds": seeds,
                "torch": torch.__version__, "datasets": {}}
     names = ["em", "aerial"] if args.dataset == "both" else [args.dataset]
     for name in names:
@@ -192,23 +241,29 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"title": ds["title"], "train_images": len(train), "test_images": len(test),
                  "scribbled_fraction": frac, "methods": {}}
         for meth in methods:
-            torch.manual_seed(0)
-            t0 = time.perf_counter()
-            if meth == "rf":
-                preds, info = run_rf(train, labels, test)
-            elif meth == "cnn":
-                preds, info = run_cnn(train, labels, test, ds["names"], args.budget, overrides,
-                                      args.device)
-            elif meth == "cnn_dense":
-                preds, info = run_cnn(train, [lab for _, lab in train], test, ds["names"],
-                                      args.budget, overrides, args.device)
-            else:
-                raise SystemExit(f"unknown method {meth}")
-            res = score(preds, test, ds["names"])
-            res.update(info)
-            entry["methods"][meth] = res
-            print(f"{name} {meth}: mean IoU {res['mean_iou']:.4f} "
-                  f"({time.perf_counter() - t0:.0f} s) {json.dumps(info)}", flush=True)
+            runs = []
+            for seed in seeds:
+                torch.manual_seed(seed)
+                t0 = time.perf_counter()
+                preds_tta = None
+                if meth == "rf":
+                    preds, info = run_rf(train, labels, test, seed=seed)
+                elif meth in ("cnn", "cnn_dense"):
+                    targets = labels if meth == "cnn" else [lab for _, lab in train]
+                    preds, preds_tta, info = run_cnn(train, targets, test, ds["names"],
+                                                     args.budget, {"seed": seed, **overrides},
+                                                     args.device)
+                else:
+                    raise SystemExit(f"unknown method {meth}")
+                res = score(preds, test, ds["names"])
+                res.update(info, seed=seed)
+                if preds_tta is not None:
+                    res["tta8"] = score(preds_tta, test, ds["names"])
+                runs.append(res)
+                print(f"{name} {meth} seed {seed}: mean IoU {res['mean_iou']:.4f}"
+                      + (f", tta8 {res['tta8']['mean_iou']:.4f}" if "tta8" in res else "")
+                      + f" ({time.perf_counter() - t0:.0f} s) {json.dumps(info)}", flush=True)
+            entry["methods"][meth] = aggregate(runs)
         results["datasets"][name] = entry
     if not args.no_write:
         out = Path(args.output)
