@@ -9,6 +9,8 @@ bit 2 is set; ``k = 0`` is the identity, ``k < 4`` are pure flips.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 MAX_TTA = 8
@@ -34,12 +36,12 @@ def undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.transpose(-1, -2) if k & 4 else x
 
 
-def averaged_probabilities(forward, x: torch.Tensor, n: int) -> torch.Tensor:
-    """Mean softmax probabilities ``(B, K, H, W)`` (float32) of ``forward`` over the first ``n``
-    transforms of ``x`` (``n = 1``: the plain prediction)."""
-    total: torch.Tensor | None = None
-    for k in range(max(1, min(int(n), MAX_TTA))):
-        probs = undo_dihedral(forward(dihedral(x, k)).float().softmax(dim=1), k)
-        total = probs if total is None else total.add_(probs)
-    assert total is not None
-    return total.div_(n) if n > 1 else total
+def averaged_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                           n: int) -> torch.Tensor:
+    """Mean softmax probabilities ``(B, K, H, W)`` (float32) of ``forward`` (returning logits)
+    over the first ``n`` transforms of ``x`` (``n = 1``: the plain prediction; at most 8)."""
+    count = max(1, min(int(n), MAX_TTA))
+    total = forward(x).float().softmax(dim=1)
+    for k in range(1, count):
+        total.add_(undo_dihedral(forward(dihedral(x, k)).float().softmax(dim=1), k))
+    return total.div_(count) if count > 1 else total
