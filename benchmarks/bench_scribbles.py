@@ -115,7 +115,7 @@ def _mean_scores(items: list[dict]) -> dict:
 def aggregate(runs: list[dict]) -> dict:
     """Mean scores over the seeds (``runs`` keeps each seed's mean IoU), plus the first run's
     timing and model details with steps and patches/s averaged."""
-    out = dict(runs[0])
+    out = {k: v for k, v in runs[0].items() if k != "seed"}
     out.update(_mean_scores(runs))
     out["per_seed"] = [{k: v for k, v in r.items() if k not in ("iou", "tta8")} for r in runs]
     for key in ("steps", "patches_per_s"):
@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError:
             overrides[key] = value
     methods = args.methods.split(",")
+    unknown = sorted(set(methods) - {"rf", "cnn", "cnn_dense"})
+    if unknown:
+        ap.error(f"unknown method(s) {', '.join(unknown)}; use rf, cnn, cnn_dense")
     seeds = [int(x) for x in args.seeds.split(",")]
     results = {"machine": f"{platform.processor() or platform.machine()}, "
                           f"{torch.get_num_threads()} torch threads",
@@ -248,13 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                 preds_tta = None
                 if meth == "rf":
                     preds, info = run_rf(train, labels, test, seed=seed)
-                elif meth in ("cnn", "cnn_dense"):
+                else:
                     targets = labels if meth == "cnn" else [lab for _, lab in train]
                     preds, preds_tta, info = run_cnn(train, targets, test, ds["names"],
                                                      args.budget, {"seed": seed, **overrides},
                                                      args.device)
-                else:
-                    raise SystemExit(f"unknown method {meth}")
                 res = score(preds, test, ds["names"])
                 res.update(info, seed=seed)
                 if preds_tta is not None:
