@@ -63,7 +63,7 @@ class EvaluationReport:
 
     def per_class(self) -> list[dict[str, Any]]:
         """One dict per class: name, label, pixels, iou, dice, precision, recall."""
-        out = []
+        out: list[dict[str, Any]] = []
         for k, name in enumerate(self.class_names, start=1):
             out.append({"class": name, "label": k, "pixels": int(self.confusion[k].sum()),
                         **{m: _clean(self.metrics[f"{m}/{name}"])
@@ -109,10 +109,10 @@ class EvaluationReport:
         cw = max(width, *(len(c) for c in cols), len(str(int(self.confusion.max()))))
         lines.append(" " * width + "".join(f"  {c:>{cw}}" for c in cols))
         for k, name in enumerate(names, start=1):
-            row = list(self.confusion[k, 1:])
+            counts = list(self.confusion[k, 1:])
             if len(cols) > len(names):
-                row.append(self.confusion[k, 0])
-            lines.append(f"{name:<{width}}" + "".join(f"  {int(v):>{cw}}" for v in row))
+                counts.append(self.confusion[k, 0])
+            lines.append(f"{name:<{width}}" + "".join(f"  {int(v):>{cw}}" for v in counts))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -207,62 +207,85 @@ def evaluate(prediction_or_model: Any, ground_truth: Any, image: Any = None, *,
     """
     ignore_set = {int(v) for v in ignore}
     truth = _labels_source(ground_truth, "ground truth")
-    w = truth.plane_shape[1]
-    rows = max(1, 2**22 // max(w, 1))
     if _is_model(prediction_or_model):
-        from .models import as_model
-        from .predict import iter_segment
-        from .progress import drive
-
         if image is None:
             raise SemSegError("evaluating a model needs the image to segment (image=...)")
-        model = as_model(prediction_or_model)
-        meta = model.metadata
-        k = n_classes or meta.classes
-        names = list(class_names or meta.class_names)
-        if len(names) != k:
-            raise SemSegError(f"class_names has {len(names)} entries but there are {k} classes")
-        cm = np.zeros((k + 1, k + 1), np.int64)
-        job = iter_segment(image, model, device=device, channel_axis=channel_axis,
-                           **predict_options)
-
-        def consume(event: Any) -> Any:
-            for ch in getattr(event, "chunks", None) or []:
-                rws, cls = ch.region
-                gt = truth.read(ch.plane, rws, cls)[0]
-                np.add(cm, confusion_matrix(ch.labels, gt, k, ignore_set), out=cm)
-            return callback(event) if callback is not None else None
-
-        from .io import open_image
-
-        src = open_image(image, channel_axis, expected_channels=meta.in_channels)
-        if tuple(src.output_shape) != tuple(truth.shape):
-            raise SemSegError(f"ground truth has shape {truth.shape} but the image gives labels "
-                              f"of shape {src.output_shape}; they must cover the same pixels")
-        drive(job, consume)
-        source = {"model": {"arch": meta.arch, "encoder": meta.encoder},
-                  "image": str(image) if isinstance(image, (str, os.PathLike)) else None}
+        names, cm, source = _score_model(
+            prediction_or_model, image, truth, ignore_set, class_names, n_classes,
+            callback=callback, device=device, channel_axis=channel_axis, **predict_options)
     else:
-        pred = _labels_source(prediction_or_model, "prediction")
-        if tuple(pred.shape) != tuple(truth.shape):
-            raise SemSegError(f"prediction has shape {pred.shape} but ground truth has shape "
-                              f"{truth.shape}; they must cover the same pixels")
-        k = n_classes or (len(class_names) if class_names else None)
-        if k is None:
-            k = max(_max_label(truth, ignore_set, rows), _max_label(pred, ignore_set, rows))
-            if k == 0:
-                raise SemSegError("the ground truth holds no class (only ignored values); "
-                                  "nothing to evaluate")
-        names = list(class_names or [f"class {c}" for c in range(1, k + 1)])
-        if len(names) != k:
-            raise SemSegError(f"class_names has {len(names)} entries but there are {k} classes")
-        cm = np.zeros((k + 1, k + 1), np.int64)
-        for p, band in _bands(truth, rows):
-            gt = truth.read(p, band, slice(0, w))[0]
-            pr = pred.read(p, band, slice(0, w))[0]
-            cm += confusion_matrix(pr, gt, k, ignore_set)
-        source = {"prediction": str(pred.path) if pred.path else None}
+        names, cm, source = _score_labels(prediction_or_model, truth, ignore_set, class_names,
+                                          n_classes)
     if cm.sum() == 0:
         raise SemSegError("the ground truth has no pixel of classes 1..K outside the ignored "
                           "values; nothing to evaluate")
     return EvaluationReport(names, cm, scores(cm, names), sorted(ignore_set), source)
+
+
+def _class_names(class_names: list[str] | None, default: list[str], k: int) -> list[str]:
+    names = list(class_names or default)
+    if len(names) != k:
+        raise SemSegError(f"class_names has {len(names)} entries but there are {k} classes")
+    return names
+
+
+def _score_model(model_or_path: Any, image: Any, truth: ImageSource, ignore_set: set[int],
+                 class_names: list[str] | None, n_classes: int | None, *,
+                 callback: Callable[[Any], Any] | None, device: str,
+                 channel_axis: int | None, **predict_options: Any
+                 ) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    """Segment ``image`` chunk by chunk and accumulate the confusion matrix against ``truth``."""
+    from .io import open_image
+    from .models import as_model
+    from .predict import iter_segment
+    from .progress import drive
+
+    model = as_model(model_or_path)
+    meta = model.metadata
+    k = n_classes or meta.classes
+    names = _class_names(class_names, list(meta.class_names), k)
+    src = open_image(image, channel_axis, expected_channels=meta.in_channels)
+    if tuple(src.output_shape) != tuple(truth.shape):
+        raise SemSegError(f"ground truth has shape {truth.shape} but the image gives labels "
+                          f"of shape {src.output_shape}; they must cover the same pixels")
+    cm = np.zeros((k + 1, k + 1), np.int64)
+
+    def consume(event: Any) -> Any:
+        for ch in getattr(event, "chunks", None) or []:
+            rws, cls = ch.region
+            gt = truth.read(ch.plane, rws, cls)[0]
+            np.add(cm, confusion_matrix(ch.labels, gt, k, ignore_set), out=cm)
+        return callback(event) if callback is not None else None
+
+    job = iter_segment(image, model, device=device, channel_axis=channel_axis,
+                       **predict_options)
+    drive(job, consume)
+    source = {"model": {"arch": meta.arch, "encoder": meta.encoder},
+              "image": str(image) if isinstance(image, (str, os.PathLike)) else None}
+    return names, cm, source
+
+
+def _score_labels(prediction: Any, truth: ImageSource, ignore_set: set[int],
+                  class_names: list[str] | None, n_classes: int | None
+                  ) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    """Compare a label image with ``truth`` band by band."""
+    pred = _labels_source(prediction, "prediction")
+    if tuple(pred.shape) != tuple(truth.shape):
+        raise SemSegError(f"prediction has shape {pred.shape} but ground truth has shape "
+                          f"{truth.shape}; they must cover the same pixels")
+    w = truth.plane_shape[1]
+    rows = max(1, 2**22 // max(w, 1))
+    k = n_classes or (len(class_names) if class_names else 0)
+    if not k:
+        k = max(_max_label(truth, ignore_set, rows), _max_label(pred, ignore_set, rows))
+        if k == 0:
+            raise SemSegError("the ground truth holds no class (only ignored values); "
+                              "nothing to evaluate")
+    names = _class_names(class_names, [f"class {c}" for c in range(1, k + 1)], k)
+    cm = np.zeros((k + 1, k + 1), np.int64)
+    for p, band in _bands(truth, rows):
+        gt = truth.read(p, band, slice(0, w))[0]
+        pr = pred.read(p, band, slice(0, w))[0]
+        cm += confusion_matrix(pr, gt, k, ignore_set)
+    source = {"prediction": str(pred.path) if pred.path else None}
+    return names, cm, source
