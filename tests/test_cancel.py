@@ -157,3 +157,37 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tiny_model
         segment(image[::-1].copy(), tiny_model, output=out, overwrite=True,
                 callback=lambda e: e.done < 2, **TILE)
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], before)
+
+
+def test_a_custom_sink_is_aborted_on_cancel_and_on_failure(tiny_model, image):
+    class Sink:
+        def __init__(self):
+            self.chunks, self.calls = [], []
+
+        def done_chunks(self):
+            return set()
+
+        def write(self, chunk):
+            self.chunks.append(chunk)
+
+        def finish(self):
+            self.calls.append("finish")
+
+        def abort(self):
+            self.calls.append("abort")
+
+    sink = Sink()
+    with pytest.raises(Cancelled):
+        segment(image, tiny_model, sink=sink, callback=lambda e: e.done < 20, batch_size=1,
+                **TILE)
+    assert sink.calls == ["abort"]
+    # the chunks finished before the cancel were handed over (300 x 280 in 64-pixel chunks: 25)
+    assert 0 < len(sink.chunks) < 25
+    sink = Sink()
+    counter = CountForwards(tiny_model, fail_at=4)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            segment(image, tiny_model, sink=sink, batch_size=1, **TILE)
+    finally:
+        counter.remove()
+    assert sink.calls == ["abort"]

@@ -16,6 +16,7 @@ from napari_semseg import build_model, iter_segment, save_model, segment
 from napari_semseg.core import distributed as dist
 from napari_semseg.core.errors import Cancelled, SemSegError
 from napari_semseg.core.normalize import Normalization
+from napari_semseg.core.prediction import distributed as driver
 from napari_semseg.core.writers import partial_path
 
 distributed = pytest.importorskip("distributed")
@@ -156,7 +157,7 @@ def expect_worker_error(client, match, **kwargs) -> float:
 
 
 def test_bad_model_path_on_the_workers(client, files, tmp_path, monkeypatch, deadline):
-    monkeypatch.setattr(dist, "_model_path_for_workers",
+    monkeypatch.setattr(driver, "model_path_for_workers",
                         lambda model: "/nonexistent/model.safetensors")
     out = tmp_path / "seg.zarr"
     expect_worker_error(client, r"worker tcp://.*model file /nonexistent/model.safetensors "
@@ -223,9 +224,10 @@ def test_blocks_for_limits_recomputed_border_tiles():
     assert dist.blocks_for((4, 4), 1) == 1  # one worker thread: one block, nothing recomputed
     assert dist.blocks_for((4, 4), 2) == 2  # at least one block per thread
     n = dist.blocks_for((32, 32), 2)
-    assert 4 <= n <= 8 and dist._block_tiles((32, 32), n) <= 1.10
-    assert dist._block_tiles((8, 8), 1) == 1.0
-    assert dist._block_tiles((8, 8), 4) == 81 / 64  # 2x2 blocks: one shared tile row and column
+    assert 4 <= n <= 8 and dist.recomputed_tile_ratio((32, 32), n) <= 1.10
+    assert dist.recomputed_tile_ratio((8, 8), 1) == 1.0
+    # 2x2 blocks: one shared tile row and column
+    assert dist.recomputed_tile_ratio((8, 8), 4) == 81 / 64
 
 
 def test_cluster_tiff_output_and_stack(client, files, tmp_path, deadline):

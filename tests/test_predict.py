@@ -357,3 +357,63 @@ def test_pending_bands_stay_bounded_for_long_images(shape):
     assert finished == set(grid.chunks())
     short = min(grid.chunk_counts)
     assert worst <= 3 * short + 4, (worst, grid.chunk_counts)
+
+
+class RecordingSink:
+    """A custom sink: keeps every chunk it receives and records finish/abort calls."""
+
+    def __init__(self, done=()):
+        self.chunks, self.calls, self.done = [], [], set(done)
+        self.threads = set()
+
+    def done_chunks(self):
+        return set(self.done)
+
+    def write(self, chunk):
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        self.chunks.append(chunk)
+
+    def finish(self):
+        self.calls.append("finish")
+        return "my result"
+
+    def abort(self):
+        self.calls.append("abort")
+
+
+def test_a_custom_sink_receives_every_chunk_then_finish(tiny_model, grey_image):
+    from napari_semseg.core.writers import Sink
+
+    ref = segment(grey_image, tiny_model, device="cpu", tile=96, overlap=32, probabilities=True)
+    sink = RecordingSink()
+    assert isinstance(sink, Sink)  # the protocol: done_chunks, write, finish, abort
+    result = segment(grey_image, tiny_model, device="cpu", tile=96, overlap=32,
+                     probabilities=True, sink=sink)
+    assert result == "my result" and sink.calls == ["finish"]
+    regions = [(c.region[0].start, c.region[1].start) for c in sink.chunks]
+    assert len(regions) == len(set(regions)) == 3 * 3  # 150 x 170 in chunks of 64: each once
+    labels = np.zeros_like(ref.labels)
+    for c in sink.chunks:
+        labels[c.region] = c.labels
+        np.testing.assert_array_equal(c.probabilities, ref.probabilities[(slice(None),) +
+                                                                         c.region])
+    np.testing.assert_array_equal(labels, ref.labels)
+    assert sink.threads == {"semseg-writer"}  # written behind the computation
+
+
+def test_a_custom_sink_skips_the_chunks_it_already_has(tiny_model, grey_image):
+    sink = RecordingSink(done={(0, 0, 0), (0, 2, 1)})
+    segment(grey_image, tiny_model, device="cpu", tile=96, overlap=32, sink=sink)
+    got = [(c.region[0].start // 64, c.region[1].start // 64) for c in sink.chunks]
+    assert sorted(got) == sorted({(i, j) for i in range(3) for j in range(3)} - {(0, 0), (2, 1)})
+
+
+def test_sink_and_output_together_are_refused_before_any_work(tiny_model, grey_image, tmp_path):
+    from napari_semseg.core.errors import SemSegError
+
+    sink = RecordingSink()
+    with pytest.raises(SemSegError, match="either output .* or sink"):
+        segment(grey_image, tiny_model, device="cpu", output=tmp_path / "x.zarr", sink=sink)
+    assert sink.calls == [] and sink.chunks == [] and not list(tmp_path.iterdir())

@@ -155,6 +155,81 @@ def test_writer_zarr_writes_an_ome_zarr_pyramid(tmp_path):
     assert write_labels(str(tmp_path / "x.png"), labels, meta) == []
 
 
+def _seg_model():
+    import torch
+
+    from napari_semseg import build_model
+
+    torch.manual_seed(0)
+    return build_model("unet", "resnet18", 1, 3, encoder_depth=3, decoder_channels=(32, 16, 8),
+                       class_names=["a", "b", "c"], tile=512, halo=16)
+
+
+def _state(data, kw):
+    """What napari hands a writer for a layer opened by the reader (``layer._get_state()``)."""
+    return {"name": kw["name"], "scale": kw.get("scale", [1.0] * 2),
+            "translate": kw.get("translate", [0.0] * 2), "metadata": kw["metadata"],
+            "features": kw.get("features")}
+
+
+def test_writer_zarr_output_equals_the_engine_output(tmp_path):
+    """Labels the engine wrote (OME-Zarr, pyramid written while segmenting), opened and saved
+    again by the plugin: the same arrays, pyramid, chunks and label metadata."""
+    import zarr
+
+    from napari_semseg import segment
+    from napari_semseg._napari.writer import write_labels
+
+    image = np.random.default_rng(2).integers(0, 255, (1100, 1300), dtype=np.uint8)
+    engine = tmp_path / "engine.zarr"
+    segment(image, _seg_model(), output=engine, tile=512, overlap=64, chunk=1024)
+    data, kw, kind = [layer for layer in _reader()(str(engine))(str(engine))
+                      if layer[2] == "labels"][0]
+    ours = tmp_path / "saved.zarr"
+    assert write_labels(str(ours), data, _state(data, kw)) == [str(ours)]
+    a, b = zarr.open_group(str(engine), mode="r"), zarr.open_group(str(ours), mode="r")
+    ms_a, ms_b = a.attrs["multiscales"][0], b.attrs["multiscales"][0]
+    assert [d["path"] for d in ms_a["datasets"]] == [d["path"] for d in ms_b["datasets"]]
+    assert len(ms_a["datasets"]) == 2 and ms_a["axes"] == ms_b["axes"]
+    for da_, db_ in zip(ms_a["datasets"], ms_b["datasets"]):
+        assert da_["coordinateTransformations"][0] == db_["coordinateTransformations"][0]
+        x, y = a[da_["path"]], b[db_["path"]]
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x[:], y[:])
+    assert a["0"].chunks == b["0"].chunks == (1024, 1024)
+    assert a.attrs["image-label"] == b.attrs["image-label"]
+    for key in ("class_names", "class_colors"):
+        assert a.attrs["napari_semseg"][key] == b.attrs["napari_semseg"][key]
+    assert not (tmp_path / "saved.zarr.partial").exists()
+
+
+def test_writer_tiff_output_equals_the_engine_output(tmp_path):
+    """The same tiled, compressed BigTIFF with the same GeoTIFF tags as the engine writes."""
+    import tifffile
+
+    from napari_semseg import segment
+    from napari_semseg._napari.writer import write_labels
+
+    src = tmp_path / "scene.tif"
+    image = np.random.default_rng(3).integers(0, 255, (300, 420), dtype=np.uint8)
+    tifffile.imwrite(src, image, extratags=GEO)
+    engine = tmp_path / "scene_labels.tif"
+    segment(src, _seg_model(), output=engine, tile=256, overlap=64)
+    (layer,) = _reader()(str(engine))(str(engine))
+    data, kw, kind = layer
+    assert kind == "labels" and kw["metadata"]["napari_semseg"]["geo_tags"]
+    ours = tmp_path / "saved.tif"
+    write_labels(str(ours), data, _state(data, kw))
+    with tifffile.TiffFile(engine) as ta, tifffile.TiffFile(ours) as tb:
+        pa, pb = ta.pages.first, tb.pages.first
+        assert ta.is_bigtiff and tb.is_bigtiff
+        for attr in ("shape", "dtype", "tile", "compression", "photometric"):
+            assert getattr(pa, attr) == getattr(pb, attr), attr
+        for code in (t[0] for t in GEO):
+            assert pa.tags[code].value == pb.tags[code].value
+        np.testing.assert_array_equal(pa.asarray(), pb.asarray())
+
+
 @pytest.mark.gui
 def test_open_and_save_through_the_viewer(viewer, tmp_path):
     import tifffile

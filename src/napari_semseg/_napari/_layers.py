@@ -14,25 +14,14 @@ from typing import Any
 
 import numpy as np
 
-KEY = "napari_semseg"
-
-# Same palette as napari_semseg.core.models.PALETTE (kept here so this module stays torch-free).
-PALETTE = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
-]
-
-
-def default_colors(n: int) -> list[str]:
-    """``#rrggbb`` colours of classes 1..n (the model default palette)."""
-    return ["#%02x%02x%02x" % PALETTE[k % len(PALETTE)] for k in range(n)]
+from ..core.constants import METADATA_KEY as KEY
+from ..core.constants import default_colors, hex_to_rgb
+from ..core.io import TIFF_SUFFIXES, read_geo_tags
 
 
 def hex_to_rgba(color: str, alpha: float = 1.0) -> np.ndarray:
-    c = color.lstrip("#")
-    return np.array([int(c[i:i + 2], 16) / 255 for i in (0, 2, 4)] + [alpha], np.float32)
+    """``"#rrggbb"`` as a float RGBA array (0-1), as napari colormaps take it."""
+    return np.array([v / 255 for v in hex_to_rgb(color)] + [alpha], np.float32)
 
 
 def rgba_to_hex(rgba: Sequence[float]) -> str:
@@ -150,25 +139,9 @@ def geo_tags_of(layer: Any) -> list | None:
     if meta.get("geo_tags"):
         return meta["geo_tags"]
     path = getattr(getattr(layer, "source", None), "path", None)
-    if path and str(path).lower().endswith((".tif", ".tiff")) and Path(path).is_file():
+    if path and str(path).lower().endswith(TIFF_SUFFIXES) and Path(path).is_file():
         return read_geo_tags(path)
     return None
-
-
-def read_geo_tags(path: str | Path) -> list | None:
-    """GeoTIFF/GDAL tags of the first page of a TIFF as ``(code, dtype, count, value, True)``."""
-    import tifffile
-
-    from ..core.io import GEO_TAGS
-
-    try:
-        with tifffile.TiffFile(path) as tf:
-            page = tf.pages.first
-            tags = [(code, int(t.dtype), t.count, t.value, True)
-                    for code in GEO_TAGS if (t := page.tags.get(code)) is not None]
-    except Exception:
-        return None
-    return tags or None
 
 
 def marker(layer: Any) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""Result layers of a segmentation run, filled chunk by chunk on the main thread.
+"""Result layers of a segmentation run, filled chunk by chunk.
 
-Small results live in numpy arrays owned by the layers. Large ones (more than ``LAZY_PIXELS``)
-are written by the engine into an OME-Zarr store under ``<store>.partial``; the layers show that
-store lazily (zarr arrays read on demand; no dask graph, so napari's dask cache cannot show stale
-chunks) and are refreshed as chunks arrive. When the run completes the store is renamed by the
-engine and the labels layer is swapped for the finished multiscale pyramid.
+Small results live in numpy arrays owned by the layers, and the layers are the run's sink
+(:class:`~napari_semseg.core.writers.Sink`): the engine writes each finished chunk straight
+into those arrays (from its writer thread; no layer is touched there), so the result is held
+once. Large ones (more than ``LAZY_PIXELS``) are written by the engine into an OME-Zarr store
+under ``<store>.partial``; the layers show that store lazily (zarr arrays read on demand; no dask
+graph, so napari's dask cache cannot show stale chunks). Either way the layers are redrawn on
+the main thread as chunks arrive. When the run completes the store is renamed by the engine and
+the labels layer is swapped for the finished multiscale pyramid.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..core.progress import ChunkResult
+from ..core.writers import MemorySink, OutputLayout, SegmentationResult
 from ._layers import KEY, class_colormap, class_features, owned_layers, put_layer
 
 PENDING = "not computed yet"  # what label 0 means in a result layer
@@ -55,7 +59,7 @@ class ResultLayers:
         self.chunks_received = 0
         self.dirty: set[str] = set()
         self.name = source_layer.name
-        self.label_dtype = np.uint8 if meta.classes < 256 else np.uint16
+        self.memory: MemorySink | None = None
 
     # creation --------------------------------------------------------------------------------
     def _marker(self, role: str) -> dict[str, Any]:
@@ -77,13 +81,14 @@ class ResultLayers:
 
     def create_in_memory(self) -> None:
         """Allocate numpy results and add the layers at once (before any chunk is ready)."""
-        shape = self.plane_dims + self.plane_shape
-        arrays = {"labels": np.zeros(shape, self.label_dtype)}
-        if self.want_prob:
-            arrays["probabilities"] = np.zeros(
-                self.plane_dims + (self.meta.classes,) + self.plane_shape, np.uint8)
-        if self.want_unc:
-            arrays["uncertainty"] = np.zeros(shape, np.uint8)
+        layout = OutputLayout(self.plane_dims, self.plane_shape, max(self.plane_shape),
+                              self.meta.classes, self.want_prob, self.want_unc)
+        self.memory = MemorySink(layout)
+        arrays = {"labels": self.memory.labels}
+        if self.memory.probabilities is not None:
+            arrays["probabilities"] = self.memory.probabilities
+        if self.memory.uncertainty is not None:
+            arrays["uncertainty"] = self.memory.uncertainty
         self._add_layers(arrays)
 
     def create_from_store(self, root: Any) -> None:
@@ -146,25 +151,33 @@ class ResultLayers:
         layer.data = data
         return layer
 
-    # filling ---------------------------------------------------------------------------------
-    def _index(self, plane: int) -> tuple[int, ...]:
-        if not self.plane_dims:
-            return ()
-        return tuple(int(i) for i in np.unravel_index(plane, self.plane_dims))
+    # the Sink protocol (in-memory results; called by the engine, off the main thread) ------
+    @property
+    def sink(self) -> ResultLayers | None:
+        """The run's sink: these layers for in-memory results, None when the engine writes the
+        store the layers show."""
+        return self if self.memory is not None else None
+
+    def done_chunks(self) -> set[tuple[int, int, int]]:
+        return set()
 
     def write(self, chunk: ChunkResult) -> None:
-        """Paint one finished chunk (in memory) or note that the store has it (lazy)."""
-        self.chunks_received += 1
-        self.dirty.update(self.layers)
-        if self.store is not None:
-            return  # the engine wrote it into the store the layers show
-        idx = self._index(chunk.plane)
-        rows, cols = chunk.region
-        self.arrays["labels"][idx + (rows, cols)] = chunk.labels
-        if "probabilities" in self.arrays and chunk.probabilities is not None:
-            self.arrays["probabilities"][idx + (slice(None), rows, cols)] = chunk.probabilities
-        if "uncertainty" in self.arrays and chunk.uncertainty is not None:
-            self.arrays["uncertainty"][idx + (rows, cols)] = chunk.uncertainty
+        """Paint one finished chunk into the layers' arrays (the layers are redrawn later, on
+        the main thread: :meth:`received`, :meth:`refresh`)."""
+        self.memory.write(chunk)
+
+    def finish(self) -> SegmentationResult:
+        return self.memory.finish()
+
+    def abort(self) -> None:
+        """Nothing to undo here: :meth:`abandon` marks the layers on the main thread."""
+
+    # main thread -----------------------------------------------------------------------------
+    def received(self, chunks: list[ChunkResult]) -> None:
+        """Note chunks the engine reported finished; their layers are redrawn soon."""
+        if chunks:
+            self.chunks_received += len(chunks)
+            self.dirty.update(self.layers)
 
     def refresh(self) -> None:
         """Redraw layers that received chunks since the last refresh."""

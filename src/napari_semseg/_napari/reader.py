@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-KEY = "napari_semseg"
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".gtiff")
+from ..core.constants import METADATA_KEY as KEY
+from ..core.io import TIFF_SUFFIXES
+
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json")
 
@@ -94,7 +95,8 @@ def read_tiff(path: str | Path) -> list[LayerData]:
     import tifffile
     import zarr
 
-    from ._layers import class_colormap, class_features, read_geo_tags
+    from ..core.io import read_geo_tags
+    from ._layers import class_colormap, class_features
 
     path = Path(path)
     with tifffile.TiffFile(path) as tf:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-KEY = "napari_semseg"
+from ..core.constants import METADATA_KEY as KEY
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -57,7 +57,7 @@ def model_classes(path: Any) -> tuple[list[str], list[str]]:
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
-    meta = json.loads(header["__metadata__"]["napari_semseg"])
+    meta = json.loads(header["__metadata__"][KEY])
     return list(meta["class_names"]), list(meta["class_colors"])
 
 

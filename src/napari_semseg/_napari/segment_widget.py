@@ -34,6 +34,7 @@ from ..core.errors import SemSegError  # noqa: E402
 from ..core.predict import iter_segment  # noqa: E402
 from ..core.progress import PredictProgress  # noqa: E402
 from ..core.settings import PredictSettings  # noqa: E402
+from ..core.writers import partial_path  # noqa: E402
 from ._fields import DeviceField, LayerCombo, ModelField, StatusLine  # noqa: E402
 from ._form import SettingsForm  # noqa: E402
 from ._jobs import Job, Outcome  # noqa: E402
@@ -173,11 +174,12 @@ class SegmentWidget(QWidget):
         if plan["store"] is None:
             self.results.create_in_memory()
         loader, settings, store = plan["loader"], plan["settings"], plan["store"]
+        sink = self.results.sink  # in memory: the engine writes into the layers' arrays
 
         def job(should_stop):
             yield PredictProgress(0, 0, message="loading the model")
             model = loader()
-            return (yield from iter_segment(source, model, settings, output=store,
+            return (yield from iter_segment(source, model, settings, output=store, sink=sink,
                                             should_stop=should_stop))
 
         self._set_running(True)
@@ -210,10 +212,9 @@ class SegmentWidget(QWidget):
         if results.store is not None and not results.layers and event.total:
             import zarr
 
-            partial = results.store.with_name(results.store.name + ".partial")
-            results.create_from_store(zarr.open_group(str(partial), mode="r"))
-        for chunk in event.chunks:
-            results.write(chunk)
+            results.create_from_store(zarr.open_group(str(partial_path(results.store)),
+                                                      mode="r"))
+        results.received(event.chunks)
         if event.total:
             self.progress.setValue(event.done)
             if self._pbar is not None:

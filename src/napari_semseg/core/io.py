@@ -136,6 +136,24 @@ def infer_channel_axis(shape: tuple[int, ...], expected: int | None = None) -> i
     return None
 
 
+def _geo_tags_of(page: Any) -> list[tuple]:
+    """GeoTIFF/GDAL tags of a tifffile page as ``(code, dtype, count, value, True)``."""
+    return [(code, int(t.dtype), t.count, t.value, True)
+            for code in GEO_TAGS if (t := page.tags.get(code)) is not None]
+
+
+def read_geo_tags(path: str | os.PathLike) -> list[tuple] | None:
+    """GeoTIFF/GDAL tags of the first page of a TIFF (None without any, or if unreadable)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            tags = _geo_tags_of(tf.pages.first)
+    except Exception:  # not a TIFF, damaged: no tags
+        return None
+    return tags or None
+
+
 def _open_tiff(path: Path) -> tuple[Any, list[tuple] | None]:
     import tifffile
     import zarr
@@ -144,9 +162,7 @@ def _open_tiff(path: Path) -> tuple[Any, list[tuple] | None]:
         with tifffile.TiffFile(path) as tf:
             if not tf.pages:
                 raise SemSegError(f"cannot read {path}: not a valid TIFF (it holds no image)")
-            page = tf.pages.first
-            geo = [(code, int(t.dtype), t.count, t.value, True)
-                   for code in GEO_TAGS if (t := page.tags.get(code)) is not None]
+            geo = _geo_tags_of(tf.pages.first)
         store = tifffile.imread(path, aszarr=True, level=0)
         arr = zarr.open(store, mode="r")
     except SemSegError:

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from ._triton_guard import preload_triton
+from .constants import METADATA_KEY, PALETTE
 from .errors import SemSegError
 from .normalize import Normalization
 
 FORMAT = "napari-semseg/1"
-METADATA_KEY = "napari_semseg"
 
 ARCHITECTURES = {
     "unet": "Unet",
@@ -39,13 +39,6 @@ ARCHITECTURES = {
     "segformer": "Segformer",
 }
 
-# Distinct colours for classes 1..K (RGB); class k uses PALETTE[(k - 1) % len(PALETTE)].
-PALETTE = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
-]
 
 
 def import_smp():

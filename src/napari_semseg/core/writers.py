@@ -12,12 +12,14 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .constants import METADATA_KEY, hex_to_rgb
 from .errors import SemSegError
 from .progress import ChunkResult
 
@@ -26,13 +28,17 @@ DONE_DIR = "semseg_done"
 # written with every finished chunk (by whichever process finished it); coarser levels are
 # built from them when the run completes.
 MIN_INCREMENTAL_CHUNK = 256
+TIFF_TILE = 256  # edge of the tiles of the TIFF files written
 ZARR_SUFFIXES = (".zarr", ".ome.zarr")
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 
 
 @dataclass
 class OutputLayout:
-    """Shapes and types of everything a segmentation run writes."""
+    """Shapes and types of everything a segmentation run writes.
+
+    ``labels_dtype`` overrides the labels' type (default: uint8 below 256 classes, else uint16).
+    """
 
     plane_dims: tuple[int, ...]
     plane_shape: tuple[int, int]
@@ -40,9 +46,12 @@ class OutputLayout:
     classes: int
     probabilities: bool
     uncertainty: bool
+    labels_dtype: Any = None
 
     @property
     def label_dtype(self) -> np.dtype:
+        if self.labels_dtype is not None:
+            return np.dtype(self.labels_dtype)
         return np.dtype(np.uint8 if self.classes < 256 else np.uint16)
 
     @property
@@ -73,6 +82,33 @@ class SegmentationResult:
     uncertainty: Any = None
     path: Path | None = None
     metadata: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where the finished chunks of a run go (memory, OME-Zarr, TIFF, napari layers, ...).
+
+    The engine calls :meth:`done_chunks` once before computing (chunks it lists are skipped:
+    resume), :meth:`write` for every finished chunk (from a background thread, one chunk at a
+    time), then either :meth:`finish` (its value is the run's result) or, when the run is
+    cancelled or fails, :meth:`abort` (after the chunks already computed were written).
+    """
+
+    def done_chunks(self) -> set[tuple[int, int, int]]:
+        """``(plane, chunk_row, chunk_col)`` of the chunks already written (not recomputed)."""
+        ...
+
+    def write(self, chunk: ChunkResult) -> None:
+        """Store one finished chunk."""
+        ...
+
+    def finish(self) -> Any:
+        """Complete the output after the last chunk; return the run's result."""
+        ...
+
+    def abort(self) -> None:
+        """The run stopped before its end: leave nothing that looks complete."""
+        ...
 
 
 def output_kind(path: Path) -> str:
@@ -159,23 +195,71 @@ class MemorySink:
 
 
 def _axes(n_plane: int, channel: bool = False) -> list[dict[str, str]]:
-    names = ["t", "z"][-n_plane:] if n_plane else []
-    axes = [{"name": n, "type": "time" if n == "t" else "space"} for n in names]
+    """OME-Zarr axes: up to two leading axes are t, z (more are ``dim_0``...), then c, y, x."""
+    if n_plane > 2:
+        axes = [{"name": f"dim_{i}"} for i in range(n_plane)]
+    else:
+        names = ["t", "z"][-n_plane:] if n_plane else []
+        axes = [{"name": n, "type": "time" if n == "t" else "space"} for n in names]
     if channel:
         axes.append({"name": "c", "type": "channel"})
     return axes + [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
 
 
-def _multiscales(name: str, n_levels: int, n_plane: int, channel: bool = False) -> list[dict]:
-    nd = n_plane + (1 if channel else 0)
-    datasets = [{"path": str(lv), "coordinateTransformations": [
-        {"type": "scale", "scale": [1.0] * nd + [2.0**lv, 2.0**lv]}]} for lv in range(n_levels)]
+def tiff_axes(n_plane: int) -> str:
+    """tifffile axes letters of the leading (Z/T) axes: "", "Z", "TZ", or "Q"s beyond two."""
+    if n_plane > 2:
+        return "Q" * n_plane
+    return "TZ"[-n_plane:] if n_plane else ""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Name, pixel size and position of a labels image (OME-Zarr ``multiscales``), per axis."""
+
+    name: str = "labels"
+    scale: tuple[float, ...] | None = None
+    translate: tuple[float, ...] | None = None
+
+
+def _multiscales(name: str, n_levels: int, n_plane: int, channel: bool = False,
+                 placement: Placement | None = None) -> list[dict]:
+    nd = n_plane + (1 if channel else 0) + 2
+    base = [float(v) for v in placement.scale] if placement and placement.scale else [1.0] * nd
+    datasets = []
+    for lv in range(n_levels):
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": base[:-2] + [
+            base[-2] * 2.0**lv, base[-1] * 2.0**lv]}]
+        if placement and placement.translate:
+            transforms.append({"type": "translation",
+                               "translation": [float(v) for v in placement.translate]})
+        datasets.append({"path": str(lv), "coordinateTransformations": transforms})
     return [{"version": "0.4", "name": name, "axes": _axes(n_plane, channel), "datasets": datasets}]
 
 
-def _hex_to_rgba(color: str) -> list[int]:
-    c = color.lstrip("#")
-    return [int(c[i:i + 2], 16) for i in (0, 2, 4)] + [255]
+def _image_label(info: dict[str, Any]) -> dict[str, Any]:
+    """OME-Zarr ``image-label`` metadata: class colours and names of labels 1..K."""
+    colors = info.get("class_colors") or []
+    names = info.get("class_names") or []
+    return {"version": "0.4",
+            "colors": [{"label-value": k + 1, "rgba": [*hex_to_rgb(c), 255]}
+                       for k, c in enumerate(colors)],
+            "properties": [{"label-value": k + 1, "name": n} for k, n in enumerate(names)]}
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays, tuples and bytes turned into JSON types."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value
 
 
 class ZarrSink:
@@ -184,57 +268,73 @@ class ZarrSink:
     Layout: the root group is the labels image (multiscale pyramid ``0``, ``1``, ... with
     ``image-label`` colours and class names); ``probabilities/0`` and ``uncertainty/0`` hold the
     optional maps. Finished chunks are recorded in ``semseg_done/`` until the run completes.
+    ``placement`` gives the labels' name, scale and translation (default: pixels at the origin).
     """
 
     def __init__(self, path: Path, layout: OutputLayout, info: dict[str, Any], *,
                  overwrite: bool = False, resume: bool = False, pyramid: bool = True,
-                 attach: bool = False) -> None:
-        import zarr
-
+                 attach: bool = False, placement: Placement | None = None) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial = partial_path(self.path)
         self.layout, self.info, self.overwrite, self.pyramid = layout, info, overwrite, pyramid
+        self.placement = placement or Placement()
         fingerprint = json.dumps(info.get("fingerprint", {}), sort_keys=True)
         if attach:  # a cluster worker writing its chunks into the store the client created
-            if not self.partial.exists():
-                raise SemSegError(f"{self.partial} does not exist on this worker; the output must "
-                                  "be on a filesystem shared by the client and all workers")
-            self.root = zarr.open_group(str(self.partial), mode="r+", zarr_format=2)
-            self._open_arrays()
-            return
-        if self.partial.exists():
-            old = self._read_fingerprint()
-            if resume and old == fingerprint:
-                self.root = zarr.open_group(str(self.partial), mode="r+", zarr_format=2)
-                self._open_arrays()
-                return
-            if resume and old is not None:
-                raise SemSegError(f"cannot resume {self.path}: the unfinished run used other "
-                                  "settings, model or input; run without --resume to start over")
-            _remove(self.partial)
-        self.root = zarr.open_group(str(self.partial), mode="w", zarr_format=2)
-        self.root.attrs["napari_semseg"] = {**info, "complete": False, "fingerprint": fingerprint}
-        lay = layout
+            self.root = self._attach()
+        else:
+            root = self._reopen(resume, fingerprint)
+            self.root = self._create(fingerprint) if root is None else root
+        self._open_arrays()
+
+    def _attach(self) -> Any:
+        import zarr
+
+        if not self.partial.exists():
+            raise SemSegError(f"{self.partial} does not exist on this worker; the output must "
+                              "be on a filesystem shared by the client and all workers")
+        return zarr.open_group(str(self.partial), mode="r+", zarr_format=2)
+
+    def _reopen(self, resume: bool, fingerprint: str) -> Any:
+        """The unfinished store of the same run when resuming; else remove a stale one."""
+        import zarr
+
+        if not self.partial.exists():
+            return None
+        old = self._read_fingerprint()
+        if resume and old == fingerprint:
+            return zarr.open_group(str(self.partial), mode="r+", zarr_format=2)
+        if resume and old is not None:
+            raise SemSegError(f"cannot resume {self.path}: the unfinished run used other "
+                              "settings, model or input; run without --resume to start over")
+        _remove(self.partial)
+        return None
+
+    def _create(self, fingerprint: str) -> Any:
+        import zarr
+
+        root = zarr.open_group(str(self.partial), mode="w", zarr_format=2)
+        root.attrs[METADATA_KEY] = {**self.info, "complete": False, "fingerprint": fingerprint}
+        lay = self.layout
         ones = (1,) * len(lay.plane_dims)
-        self.root.create_array("0", shape=lay.labels_shape, dtype=lay.label_dtype,
-                               chunks=ones + (lay.chunk, lay.chunk), fill_value=0)
+        root.create_array("0", shape=lay.labels_shape, dtype=lay.label_dtype,
+                          chunks=ones + (lay.chunk, lay.chunk), fill_value=0)
         for lv in self._incremental_levels():
             f = 2 ** lv
             shape = lay.plane_dims + tuple(-(-s // f) for s in lay.plane_shape)
-            self.root.create_array(str(lv), shape=shape, dtype=lay.label_dtype,
-                                   chunks=ones + (lay.chunk // f, lay.chunk // f), fill_value=0)
+            root.create_array(str(lv), shape=shape, dtype=lay.label_dtype,
+                              chunks=ones + (lay.chunk // f, lay.chunk // f), fill_value=0)
         if lay.probabilities:
-            g = self.root.create_group("probabilities")
+            g = root.create_group("probabilities")
             g.create_array("0", shape=lay.probabilities_shape, dtype=np.uint8,
                            chunks=ones + (lay.classes, lay.chunk, lay.chunk), fill_value=0)
             g.attrs["multiscales"] = _multiscales("probabilities", 1, len(lay.plane_dims), True)
         if lay.uncertainty:
-            g = self.root.create_group("uncertainty")
+            g = root.create_group("uncertainty")
             g.create_array("0", shape=lay.labels_shape, dtype=np.uint8,
                            chunks=ones + (lay.chunk, lay.chunk), fill_value=0)
             g.attrs["multiscales"] = _multiscales("uncertainty", 1, len(lay.plane_dims))
         (self.partial / DONE_DIR).mkdir(exist_ok=True)
-        self._open_arrays()
+        return root
 
     def _n_levels(self) -> int:
         """Pyramid levels of the labels: halve until the image fits in one chunk."""
@@ -258,7 +358,7 @@ class ZarrSink:
     def _read_fingerprint(self) -> str | None:
         try:
             attrs = json.loads((self.partial / ".zattrs").read_text())
-            return attrs["napari_semseg"]["fingerprint"]
+            return attrs[METADATA_KEY]["fingerprint"]
         except (OSError, KeyError, json.JSONDecodeError):
             return None
 
@@ -315,14 +415,7 @@ class ZarrSink:
             dst = self.root.create_array(str(level + 1), shape=shape, dtype=src.dtype,
                                          chunks=ones + (lay.chunk, lay.chunk), fill_value=0,
                                          overwrite=True)
-            step = lay.chunk * 2
-            for p in range(int(np.prod(lay.plane_dims)) if lay.plane_dims else 1):
-                idx = lay.plane_index(p)
-                for y in range(0, src.shape[-2], step):
-                    for x in range(0, src.shape[-1], step):
-                        block = src[idx + (slice(y, y + step, 2), slice(x, x + step, 2))]
-                        dst[idx + (slice(y // 2, y // 2 + block.shape[0]),
-                                   slice(x // 2, x // 2 + block.shape[1]))] = block
+            _downsample_into(src, dst, lay, lay.chunk * 2)
             level, src = level + 1, dst
         return level + 1
 
@@ -330,17 +423,12 @@ class ZarrSink:
         import zarr
 
         n_levels = self._build_pyramid()
-        info = dict(self.root.attrs["napari_semseg"], complete=True)
-        names = info.get("class_names", [])
-        colors = info.get("class_colors", [])
+        info = dict(self.root.attrs[METADATA_KEY], complete=True)
         self.root.attrs.update({
-            "multiscales": _multiscales("labels", n_levels, len(self.layout.plane_dims)),
-            "image-label": {
-                "version": "0.4",
-                "colors": [{"label-value": k + 1, "rgba": _hex_to_rgba(c)} for k, c in enumerate(colors)],
-                "properties": [{"label-value": k + 1, "name": n} for k, n in enumerate(names)],
-            },
-            "napari_semseg": info,
+            "multiscales": _multiscales(self.placement.name, n_levels,
+                                        len(self.layout.plane_dims), placement=self.placement),
+            "image-label": _image_label(info),
+            METADATA_KEY: info,
         })
         if self.path.exists():
             _remove(self.path)
@@ -355,6 +443,17 @@ class ZarrSink:
         """Leave the partial store (resumable); the final name never appears."""
 
 
+def _downsample_into(src: Any, dst: Any, lay: OutputLayout, step: int) -> None:
+    """``dst = src[..., ::2, ::2]``, read ``step`` x ``step`` pixels of ``src`` at a time."""
+    for p in range(int(np.prod(lay.plane_dims)) if lay.plane_dims else 1):
+        idx = lay.plane_index(p)
+        for y in range(0, src.shape[-2], step):
+            for x in range(0, src.shape[-1], step):
+                block = src[idx + (slice(y, y + step, 2), slice(x, x + step, 2))]
+                dst[idx + (slice(y // 2, y // 2 + block.shape[0]),
+                           slice(x // 2, x // 2 + block.shape[1]))] = block
+
+
 def _lazy_tiff(path: Path) -> Any:
     """Open a TIFF as a lazy zarr array (nothing is read until sliced)."""
     import tifffile
@@ -363,7 +462,7 @@ def _lazy_tiff(path: Path) -> Any:
     return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
 
 
-def _tiles_of(arr: Any, tile: int):
+def _tiles_of(arr: Any, tile: int) -> Iterator[np.ndarray]:
     """Yield full-size TIFF tiles of an array, page by page (all leading axes), row-major."""
     h, w = arr.shape[-2:]
     for idx in np.ndindex(*arr.shape[:-2]):
@@ -375,10 +474,40 @@ def _tiles_of(arr: Any, tile: int):
                 yield block
 
 
+def tiff_extratags(geo_tags: list | None) -> list[tuple]:
+    """GeoTIFF tags as tifffile ``extratags`` (restores tuples after a JSON round trip)."""
+    out = []
+    for tag in geo_tags or []:
+        code, dtype, count, value = tag[:4]
+        if isinstance(value, list):
+            value = tuple(value)
+        out.append((int(code), int(dtype), int(count), value, True))
+    return out
+
+
+def write_tiled_tiff(target: Path, arr: Any, axes: str, *, geo_tags: list | None = None,
+                     description: dict[str, Any] | None = None, tile: int = TIFF_TILE) -> Path:
+    """Stream ``arr`` (any array; read one tile at a time) into a zlib-compressed, tiled BigTIFF.
+
+    Written under ``<target>.partial`` and renamed when complete. ``geo_tags`` (GeoTIFF/GDAL
+    tags) are copied; ``description`` is stored as JSON in the image description.
+    """
+    import tifffile
+
+    target = Path(target)
+    tmp = target.with_name(target.name + ".partial")
+    tifffile.imwrite(tmp, _tiles_of(arr, tile), shape=tuple(arr.shape), dtype=np.dtype(arr.dtype),
+                     tile=(tile, tile), bigtiff=True, compression="zlib",
+                     extratags=tiff_extratags(geo_tags), photometric="minisblack",
+                     metadata={"axes": axes, **(description or {})})
+    os.replace(tmp, target)
+    return target
+
+
 class TiffSink(ZarrSink):
     """Write chunks to a temporary zarr, then stream it into a tiled BigTIFF (GeoTIFF tags kept)."""
 
-    TIFF_TILE = 256
+    TIFF_TILE = TIFF_TILE
 
     def __init__(self, path: Path, layout: OutputLayout, info: dict[str, Any], *,
                  geo_tags: list[tuple] | None = None, overwrite: bool = False,
@@ -389,17 +518,10 @@ class TiffSink(ZarrSink):
                          overwrite=overwrite, resume=resume, pyramid=False)
 
     def _write_tiff(self, arr: Any, target: Path, axes: str) -> None:
-        import tifffile
-
-        tmp = target.with_name(target.name + ".partial")
-        tifffile.imwrite(tmp, _tiles_of(arr, self.TIFF_TILE), shape=arr.shape, dtype=arr.dtype,
-                         tile=(self.TIFF_TILE, self.TIFF_TILE), bigtiff=True, compression="zlib",
-                         extratags=self.geo_tags, photometric="minisblack",
-                         metadata={"axes": axes})
-        os.replace(tmp, target)
+        write_tiled_tiff(target, arr, axes, geo_tags=self.geo_tags, tile=self.TIFF_TILE)
 
     def finish(self) -> SegmentationResult:
-        planes = "".join(a["name"] for a in _axes(len(self.layout.plane_dims))).upper()[:-2]
+        planes = tiff_axes(len(self.layout.plane_dims))
         extra = companion_paths(self.tiff_path)
         # companions first, the labels file last: it appears only when everything is written
         if self.probabilities is not None:

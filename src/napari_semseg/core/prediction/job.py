@@ -1,0 +1,158 @@
+"""A prepared run: every input checked and the plan resolved before any tile is read."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..device import resolve_device
+from ..errors import SemSegError
+from ..io import ImageSource, check_finite, open_image
+from ..models import SemSegModel, as_model
+from ..normalize import Normalization, estimate_normalization
+from ..settings import PredictSettings
+from ..tiling import TileGrid
+from ..writers import (OutputLayout, SegmentationResult, Sink, check_output, is_complete,
+                       make_sink)
+from .plan import TilePlan, plan_tiles
+
+
+def model_digest(model: SemSegModel) -> str:
+    """A hash of the weights and metadata (identifies a model for resume); cached on the model
+    until a parameter or buffer changes (in place or replaced)."""
+    state = model.net.state_dict()
+    meta = {k: v for k, v in asdict(model.metadata).items() if k != "versions"}
+    key = (repr(sorted(meta.items())),
+           tuple((k, v.data_ptr(), v._version) for k, v in state.items()))
+    cached = getattr(model, "_semseg_digest", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    digest = _digest(model)
+    model._semseg_digest = (key, digest)
+    return digest
+
+
+def _digest(model: SemSegModel) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    meta = {k: v for k, v in asdict(model.metadata).items() if k != "versions"}
+    h.update(repr(sorted(meta.items())).encode())
+    for k, v in sorted(model.net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class SegmentJob:
+    """Everything a run needs, resolved and validated before any tile is read.
+
+    ``sink`` is where the chunks go when the caller gave one; otherwise :meth:`make_sink` picks
+    one for ``output`` (memory, OME-Zarr or TIFF).
+    """
+
+    source: ImageSource
+    model: SemSegModel
+    settings: PredictSettings
+    device: torch.device
+    plan: TilePlan
+    layout: OutputLayout
+    normalization: Normalization
+    info: dict[str, Any]
+    output: Path | None
+    sink: Sink | None = None
+
+    @property
+    def stride(self) -> int:
+        return self.model.metadata.stride
+
+    def grid(self) -> TileGrid:
+        """The tile and chunk grid of every plane."""
+        return self.plan.grid(self.source.plane_shape, self.stride)
+
+    def make_sink(self) -> Sink:
+        if self.sink is not None:
+            return self.sink
+        return make_sink(self.output, self.layout, self.info, geo_tags=self.source.geo_tags,
+                         overwrite=self.settings.overwrite, resume=self.settings.resume)
+
+
+@contextlib.contextmanager
+def _reading(source: ImageSource) -> Iterator[None]:
+    """Turn a failure to read the image (a damaged chunk...) into one clear line."""
+    try:
+        yield
+    except SemSegError:
+        raise
+    except Exception as exc:
+        what = source.path or "the image"
+        raise SemSegError(f"cannot read {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _run_info(source: ImageSource, model: SemSegModel, settings: PredictSettings,
+              plan: TilePlan) -> dict[str, Any]:
+    """What a run records in its output: classes, model, settings and the resume fingerprint."""
+    meta = model.metadata
+    digest = model_digest(model)
+    return {
+        "class_names": meta.class_names, "class_colors": meta.class_colors,
+        "model": {"arch": meta.arch, "encoder": meta.encoder, "digest": digest},
+        "settings": {**asdict(settings), "tile": plan.tile, "overlap": plan.overlap,
+                     "chunk": plan.chunk, "batch_size": plan.batch_size},
+        "fingerprint": {
+            "input": {"shape": source.shape, "dtype": str(source.dtype),
+                      "path": str(source.path.resolve()) if source.path else None},
+            "model": digest,
+            "tiling": [plan.tile, plan.overlap, plan.margin, plan.chunk, plan.scale],
+            "outputs": [settings.probabilities, settings.uncertainty],
+        },
+    }
+
+
+def _check_destination(output: Any, sink: Sink | None, settings: PredictSettings
+                       ) -> Path | None:
+    """The output path, checked (exists, folder writable) before any work; not with a sink."""
+    if output is None:
+        return None
+    if sink is not None:
+        raise SemSegError("give either output (a file to write) or sink (an object receiving "
+                          "the chunks), not both")
+    output = Path(output)
+    check_output(output, settings.overwrite, settings.resume)
+    return output
+
+
+def prepare(image: Any, model: SemSegModel | str | os.PathLike,
+            settings: PredictSettings, output: Any = None, *,
+            device: torch.device | None = None,
+            sink: Sink | None = None) -> SegmentJob | SegmentationResult:
+    """Check every input and resolve the plan; return a :class:`SegmentJob`.
+
+    Returns a :class:`SegmentationResult` without ``labels`` when ``settings.resume`` is set
+    and ``output`` is already complete. Raises :class:`SemSegError` for anything a user can fix.
+    """
+    model = as_model(model)
+    meta = model.metadata
+    source = open_image(image, settings.channel_axis, expected_channels=meta.in_channels)
+    with _reading(source):
+        check_finite(source)
+    device = resolve_device(settings.device) if device is None else device
+    plan = plan_tiles(source, model, settings, device)
+    output = _check_destination(output, sink, settings)
+    if output is not None and settings.resume and is_complete(output):
+        return SegmentationResult(None, path=output)
+    if meta.normalization is None:
+        with _reading(source):
+            norm = estimate_normalization(source)
+    else:
+        norm = meta.normalization
+    layout = OutputLayout(source.plane_dims, source.plane_shape, plan.chunk, meta.classes,
+                          settings.probabilities, settings.uncertainty)
+    info = _run_info(source, model, settings, plan)
+    return SegmentJob(source, model, settings, device, plan, layout, norm, info, output, sink)
