@@ -40,11 +40,17 @@ def _bottom(spec: OptionField) -> float:
     return 0 if spec.optional or minimum is None else minimum
 
 
+def _decimals(*values: float | None) -> int:
+    """Decimals that show every value exactly (at least 1): 1e-4 -> 4, 0.15 -> 2, 120 -> 1."""
+    digits = [len(f"{v:.10f}".rstrip("0").split(".")[1]) for v in values if v]
+    return max([1, *digits])
+
+
 def _number_editor(spec: OptionField) -> QWidget:
     step = spec.option.step or spec.option.multiple_of or 1
     if spec.type is float:
         editor: QSpinBox | QDoubleSpinBox = QDoubleSpinBox()
-        editor.setDecimals(4 if step < 0.01 else 1)
+        editor.setDecimals(_decimals(step, spec.default))
         editor.setRange(float(_bottom(spec)), float(_top(spec, FLOAT_TOP)))
         editor.setSingleStep(float(step))
         editor.setValue(float(spec.default or 0.0))
