@@ -69,15 +69,15 @@ def train_shot(path: Path) -> None:
     viewer = _viewer()
     image, strokes = viewer.open_sample("napari-semseg", "em_training")
     _, w = viewer.window.add_plugin_dock_widget("napari-semseg", "Train")
-    w.image.select(image)
-    w.annotations.select(strokes)
-    w.form.set(time_budget=300.0)
+    w.inputs.image.select(image)
+    w.inputs.annotations.select(strokes)
+    w.inputs.form.set(time_budget=300.0)
     viewer.reset_view()
     job = w.train()
     assert job is not None, w.status.text()
     previews = lambda: [ly for ly in viewer.layers  # noqa: E731
                         if (ly.metadata.get("napari_semseg") or {}).get("role") == "preview"]
-    _until(lambda: (len(w.plot.iou) >= 3 and previews()) or not job.running, 300)
+    _until(lambda: (len(w.progress.plot.iou) >= 3 and previews()) or not job.running, 300)
     viewer.layers.move(viewer.layers.index(strokes), len(viewer.layers))  # strokes on top
     _pump(0.3)
     viewer.screenshot(path=str(path), canvas_only=False, flash=False)

@@ -28,9 +28,9 @@ def _train_setup(viewer, h, strokes):
     viewer.add_image(image, name="img")
     ann = viewer.add_labels(strokes, name="strokes")
     w = h.dock(viewer, "Train")
-    w.image.select(viewer.layers["img"])
-    w.annotations.select(ann)
-    w.form.set(time_budget=5.0)
+    w.inputs.image.select(viewer.layers["img"])
+    w.inputs.annotations.select(ann)
+    w.inputs.form.set(time_budget=5.0)
     return w
 
 

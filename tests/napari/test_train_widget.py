@@ -27,10 +27,10 @@ QUICK = {"encoder_depth": 3, "decoder_channels": "64,32,16", "patch_size": 128, 
 def _open_training_sample(viewer, h):
     image, strokes = viewer.open_sample("napari-semseg", "em_training")
     w = h.dock(viewer, "Train")
-    w.image.select(image)
-    w.annotations.select(strokes)
-    w.encoder.setCurrentText("resnet18")
-    w.advanced.set(**QUICK)
+    w.inputs.image.select(image)
+    w.inputs.annotations.select(strokes)
+    w.inputs.encoder.setCurrentText("resnet18")
+    w.inputs.advanced.set(**QUICK)
     return w, image, strokes
 
 
@@ -43,16 +43,16 @@ def test_training_from_strokes_beats_an_untrained_model(viewer, h, monkeypatch):
     w, image, strokes = _open_training_sample(viewer, h)
     before = np.array(strokes.data, copy=True)
     seg = h.dock(viewer, "Segment")
-    w.form.set(epochs=4, time_budget=90.0)  # 20 steps (deterministic on CPU), capped
+    w.inputs.form.set(epochs=4, time_budget=90.0)  # 20 steps (deterministic on CPU), capped
     with h.Heartbeat() as hb:
         job = hb.click(w.train)
         assert job is not None, w.status.text()
         assert not w.train_button.isEnabled() and w.stop_button.isEnabled()
-        h.wait_until(lambda: w.events_seen > 0 or not job.running, timeout=60)
+        h.wait_until(lambda: w.progress.plot.loss or not job.running, timeout=60)
         # a stroke painted while training goes to the trainer as a copy, from the next epoch
         sent = []
-        original = w.feed.update
-        monkeypatch.setattr(w.feed, "update", lambda a: (sent.append(a), original(a)))
+        original = w.strokes.feed.update
+        monkeypatch.setattr(w.strokes.feed, "update", lambda a: (sent.append(a), original(a)))
         strokes.paint((300, 300), 2)
         after_paint = np.array(strokes.data, copy=True)
         h.wait_until(lambda: bool(sent) or not job.running, timeout=30)
@@ -65,11 +65,11 @@ def test_training_from_strokes_beats_an_untrained_model(viewer, h, monkeypatch):
     assert (after_paint != before).sum() == (after_paint[before != after_paint] == 2).sum()
     assert w.train_button.isEnabled() and w.continue_button.isEnabled()
     assert w.save_button.isEnabled()
-    assert len(w.plot.loss) > 3
+    assert len(w.progress.plot.loss) > 3
     # live preview: a plugin layer over the field of view
     previews = [ly for ly in viewer.layers
                 if (ly.metadata.get("napari_semseg") or {}).get("role") == "preview"]
-    h.wait_until(lambda: not w.preview_job.running, timeout=30)
+    h.wait_until(lambda: not w.preview.job.running, timeout=30)
     previews = [ly for ly in viewer.layers
                 if (ly.metadata.get("napari_semseg") or {}).get("role") == "preview"]
     assert len(previews) == 1 and (np.asarray(previews[0].data) > 0).all()
@@ -95,27 +95,27 @@ def test_stop_continue_and_save(viewer, h, tmp_path):
     from napari_semseg import load_model
 
     w, image, strokes = _open_training_sample(viewer, h)
-    assert w.class_names.text() == "membrane, interior"  # the classes of the chosen layer
+    assert w.inputs.class_names.text() == "membrane, interior"  # the classes of the chosen layer
     before = np.array(strokes.data, copy=True)
-    w.form.set(time_budget=300.0)
-    w.live_preview.setChecked(False)
+    w.inputs.form.set(time_budget=300.0)
+    w.inputs.live_preview.setChecked(False)
     job = w.train()
     assert job is not None, w.status.text()
-    h.wait_until(lambda: w.events_seen >= 2 or not job.running, timeout=60)
+    h.wait_until(lambda: len(w.progress.plot.loss) >= 2 or not job.running, timeout=60)
     w.stop()
     w.wait(timeout=60)
     assert job.outcome.ok and w.model is not None  # the best model so far
     assert w.train_button.isEnabled() and not w.stop_button.isEnabled()
     first = w.model_name
-    steps = len(w.plot.loss)
+    steps = len(w.progress.plot.loss)
     job = w.continue_training()
     assert job is not None, w.status.text()
-    h.wait_until(lambda: w.events_seen >= 2 or not job.running, timeout=60)
+    h.wait_until(lambda: len(w.progress.plot.loss) >= steps + 2 or not job.running, timeout=60)
     w.stop()
     w.wait(timeout=60)
     assert job.outcome.ok
-    assert len(w.plot.loss) > steps  # the plot continues
-    assert w.plot.loss[-1][0] > w.plot.loss[steps - 1][0]
+    assert len(w.progress.plot.loss) > steps  # the plot continues
+    assert w.progress.plot.loss[-1][0] > w.progress.plot.loss[steps - 1][0]
     from napari_semseg._napari._registry import trained_models
 
     names = trained_models(viewer).names()
@@ -131,13 +131,13 @@ def test_new_annotation_layer_matches_the_image(viewer, h):
     image = viewer.add_image(np.zeros((3, 64, 80), np.uint8), name="stack",
                              scale=(2.0, 0.5, 0.5), translate=(1.0, 2.0, 3.0))
     w = h.dock(viewer, "Train")
-    w.image.select(image)
-    w.class_names.setText("cell, nucleus, background")
+    w.inputs.image.select(image)
+    w.inputs.class_names.setText("cell, nucleus, background")
     ann = w.new_annotation_layer()
     assert ann.data.shape == (3, 64, 80) and not ann.data.any()
     assert ann.scale.tolist() == [2.0, 0.5, 0.5] and ann.translate.tolist() == [1.0, 2.0, 3.0]
     assert list(ann.features["class"])[1:] == ["cell", "nucleus", "background"]
-    assert w.annotations.layer() is ann and ann.mode == "paint"
+    assert w.inputs.annotations.layer() is ann and ann.mode == "paint"
 
 
 def test_default_fields_make_valid_training_settings(viewer, h):
@@ -145,12 +145,12 @@ def test_default_fields_make_valid_training_settings(viewer, h):
     with the same names as TrainSettings; nothing is trained here."""
     image, strokes = viewer.open_sample("napari-semseg", "em_training")
     w = h.dock(viewer, "Train")
-    w.image.select(image)
-    w.annotations.select(strokes)
-    plan = w._plan()
-    s = plan["settings"]
+    w.inputs.image.select(image)
+    w.inputs.annotations.select(strokes)
+    plan = w.inputs.plan()
+    s = plan.settings
     assert (s.arch, s.encoder, s.encoder_depth, s.decoder_channels) == \
         ("unet", "mobilenet_v2", 4, "64,32,16,16")
     assert s.time_budget == 120.0 and s.epochs is None and s.steps_per_epoch == 20
-    assert plan["class_names"] == ["membrane", "interior"]
-    assert not np.shares_memory(plan["annotations"], strokes.data)  # a copy goes to training
+    assert plan.class_names == ["membrane", "interior"]
+    assert not np.shares_memory(plan.annotations, strokes.data)  # a copy goes to training

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import SemSegError
+from ..core.settings import PredictSettings, option_fields
 from ._registry import trained_models
 
 
@@ -79,16 +80,18 @@ class LayerCombo(QComboBox):
 
 
 class DeviceField(QWidget):
-    """Device choice and, next to it, the device that will actually be used (or why not)."""
+    """Device choice and, next to it, the device that will actually be used (or why not).
 
-    CHOICES = ("auto", "cpu", "cuda", "mps")
+    The choices and the tooltip are those of the ``device`` field of ``settings_cls``.
+    """
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, settings_cls: type = PredictSettings, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        spec = option_fields(settings_cls)["device"]
         self.combo = QComboBox()
         self.combo.setObjectName("device")
-        self.combo.addItems(self.CHOICES)
-        self.combo.setToolTip("'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'mps'")
+        self.combo.addItems(spec.option.suggestions)
+        self.combo.setToolTip(spec.help)
         self.label = QLabel()
         self.label.setObjectName("device_label")
         self.label.setWordWrap(True)

@@ -1,30 +1,95 @@
 """Qt editors for fields of the settings dataclasses (same names, same help as API and CLI).
 
 ``SettingsForm(PredictSettings, ["tile", "overlap", ...])`` builds one editor per field, named
-after the field, with the field's ``help`` as tooltip. Optional numbers show "auto" at 0.
-``form.values()`` returns the overrides for ``PredictSettings(**values)``.
+after the field, with the field's ``help`` as tooltip and the range, step and choices of its
+metadata (:func:`napari_semseg.core.settings.option_fields`). Optional numbers show "auto" (or
+"none") at 0. ``form.values()`` returns the overrides for ``PredictSettings(**values)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLineEdit,
+    QSpinBox,
+    QWidget,
+)
 
-LIMITS: dict[str, tuple[float, float, float]] = {  # name: (max, step, default-if-set)
-    "tile": (16384, 32, 512),
-    "overlap": (1024, 32, 64),
-    "batch_size": (256, 1, 1),
-    "epochs": (10000, 1, 10),
-    "time_budget": (86400.0, 10.0, 60.0),
-    "steps_per_epoch": (10000, 10, 50),
-    "patch_size": (2048, 32, 256),
-    "learning_rate": (1.0, 1e-4, 1e-3),
-    "encoder_depth": (5, 1, 5),
-    "tta": (8, 1, 1),
-}
-MINIMUM: dict[str, int] = {"tta": 1}
+from ..core.settings import OptionField, option_fields
+
+INT_TOP = 10**6  # editor maximum of an integer field without maximum or widget_maximum
+FLOAT_TOP = 1e9
+NONE_TEXT = {"time_budget": "none", "epochs": "none"}  # what 0 means there; elsewhere "auto"
+
+
+def _top(spec: OptionField, fallback: float) -> float:
+    option = spec.option
+    if option.maximum is not None:
+        return option.maximum
+    return option.widget_maximum if option.widget_maximum is not None else fallback
+
+
+def _bottom(spec: OptionField) -> float:
+    """0 for optional numbers (shown as "auto"/"none"), else the field's minimum."""
+    minimum = spec.option.minimum
+    return 0 if spec.optional or minimum is None else minimum
+
+
+def _decimals(*values: float | None) -> int:
+    """Decimals that show every value exactly (at least 1): 1e-4 -> 4, 0.15 -> 2, 120 -> 1."""
+    digits = [len(f"{v:.10f}".rstrip("0").split(".")[1]) for v in values if v]
+    return max([1, *digits])
+
+
+def _number_editor(spec: OptionField) -> QWidget:
+    step = spec.option.step or spec.option.multiple_of or 1
+    if spec.type is float:
+        editor: QSpinBox | QDoubleSpinBox = QDoubleSpinBox()
+        editor.setDecimals(_decimals(step, spec.default))
+        editor.setRange(float(_bottom(spec)), float(_top(spec, FLOAT_TOP)))
+        editor.setSingleStep(float(step))
+        editor.setValue(float(spec.default or 0.0))
+    else:
+        editor = QSpinBox()
+        editor.setRange(int(_bottom(spec)), int(_top(spec, INT_TOP)))
+        editor.setSingleStep(int(step))
+        editor.setValue(int(spec.default or 0))
+    if spec.optional:
+        editor.setSpecialValueText(NONE_TEXT.get(spec.name, "auto"))
+    return editor
+
+
+def _text_editor(spec: OptionField) -> QWidget:
+    if spec.option.choices:
+        combo = QComboBox()
+        combo.addItems(spec.option.choices)
+        combo.setCurrentText(str(spec.default))
+        return combo
+    editor = QLineEdit("" if spec.default is None else str(spec.default))
+    if spec.optional:
+        editor.setPlaceholderText("auto")
+    return editor
+
+
+def make_editor(spec: OptionField) -> QWidget:
+    """The editor of one field: check box, spin box, drop-down (choices) or text."""
+    if spec.type is bool:
+        editor: QWidget = QCheckBox()
+        editor.setChecked(bool(spec.default))
+    elif spec.type in (int, float):
+        editor = _number_editor(spec)
+    elif spec.type is str:
+        editor = _text_editor(spec)
+    else:
+        raise TypeError(f"no editor for {spec.name}: {spec.type}")
+    editor.setObjectName(spec.name)
+    editor.setToolTip(spec.help)
+    return editor
 
 
 class SettingsForm(QWidget):
@@ -34,62 +99,29 @@ class SettingsForm(QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.cls = cls
+        self.specs = {name: option_fields(cls)[name] for name in names}
         self.editors: dict[str, QWidget] = {}
-        self._optional: set[str] = set()
         layout = QFormLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        spec = {f.name: f for f in fields(cls)}
-        defaults = cls()
-        for name in names:
-            f = spec[name]
-            default = getattr(defaults, name)
-            kind = str(f.type)
-            optional = "None" in kind
-            if "bool" in kind:
-                editor: QWidget = QCheckBox()
-                editor.setChecked(bool(default))
-            elif "float" in kind:
-                editor = QDoubleSpinBox()
-                top, step, _ = LIMITS.get(name, (1e9, 1.0, 1.0))
-                editor.setDecimals(4 if step < 0.01 else 1)
-                editor.setRange(0.0, float(top))
-                editor.setSingleStep(step)
-                editor.setValue(float(default or 0.0))
-            elif "int" in kind:
-                editor = QSpinBox()
-                top, step, _ = LIMITS.get(name, (10**6, 1, 1))
-                editor.setRange(MINIMUM.get(name, 0), int(top))
-                editor.setSingleStep(int(step))
-                editor.setValue(int(default or 0))
-            elif "str" in kind:
-                editor = QLineEdit("" if default is None else str(default))
-                if optional:
-                    editor.setPlaceholderText("auto")
-            else:
-                raise TypeError(f"no editor for {name}: {kind}")
-            if optional and isinstance(editor, (QSpinBox, QDoubleSpinBox)):
-                editor.setSpecialValueText("auto" if name not in ("time_budget", "epochs")
-                                           else "none")
-            if optional:
-                self._optional.add(name)
-            editor.setObjectName(name)
-            editor.setToolTip(f.metadata.get("help", ""))
-            layout.addRow((labels or {}).get(name, name.replace("_", " ")), editor)
-            self.editors[name] = editor
+        for name, spec in self.specs.items():
+            self.editors[name] = make_editor(spec)
+            layout.addRow((labels or {}).get(name, name.replace("_", " ")), self.editors[name])
 
     def values(self) -> dict[str, Any]:
-        """Field values (``None`` for optional numbers left at "auto"/"none")."""
-        out: dict[str, Any] = {}
-        for name, editor in self.editors.items():
-            if isinstance(editor, QCheckBox):
-                out[name] = editor.isChecked()
-            elif isinstance(editor, QLineEdit):
-                text = editor.text().strip()
-                out[name] = text if text or name not in self._optional else None
-            else:
-                value = editor.value()
-                out[name] = None if (name in self._optional and value == 0) else value
-        return out
+        """Field values (``None`` for optional fields left at "auto"/"none")."""
+        return {name: self._value(name, editor) for name, editor in self.editors.items()}
+
+    def _value(self, name: str, editor: QWidget) -> Any:
+        optional = self.specs[name].optional
+        if isinstance(editor, QCheckBox):
+            return editor.isChecked()
+        if isinstance(editor, QComboBox):
+            return editor.currentText()
+        if isinstance(editor, QLineEdit):
+            text = editor.text().strip()
+            return text if text or not optional else None
+        value = editor.value()
+        return None if (optional and value == 0) else value
 
     def set(self, **values: Any) -> None:
         """Set editors by field name (``None`` -> auto)."""
@@ -97,6 +129,8 @@ class SettingsForm(QWidget):
             editor = self.editors[name]
             if isinstance(editor, QCheckBox):
                 editor.setChecked(bool(value))
+            elif isinstance(editor, QComboBox):
+                editor.setCurrentText(str(value))
             elif isinstance(editor, QLineEdit):
                 editor.setText("" if value is None else str(value))
             else:

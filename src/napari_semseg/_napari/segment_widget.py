@@ -40,6 +40,7 @@ from ._form import SettingsForm  # noqa: E402
 from ._jobs import Job, Outcome  # noqa: E402
 from ._layers import KEY, geo_tags_of, layer_source, spatial_kwargs  # noqa: E402
 from ._outputs import ResultLayers  # noqa: E402
+from ._plans import SegmentPlan  # noqa: E402
 
 LAZY_PIXELS = 64 * 2**20  # larger outputs are written to a zarr store and shown lazily
 REFRESH_MS = 250  # coalesce layer redraws
@@ -134,7 +135,7 @@ class SegmentWidget(QWidget):
         self.model_info.setText(self.model.describe())
 
     # running ---------------------------------------------------------------------------------
-    def _plan(self) -> dict[str, Any]:
+    def _plan(self) -> SegmentPlan:
         """Check everything the user chose; raise SemSegError with a one-line fix otherwise."""
         layer = self.image.layer()
         if layer is None:
@@ -149,9 +150,9 @@ class SegmentWidget(QWidget):
         store = None
         if n_pixels > self.lazy_pixels:
             store = cache_dir() / f"{layer.name[:40]}-{uuid.uuid4().hex[:8]}.zarr".replace(" ", "_")
-        return {"layer": layer, "meta": meta, "source": source, "settings": settings,
-                "spatial": spatial_kwargs(layer, channel), "store": store,
-                "geo_tags": geo_tags_of(layer), "loader": self.model.loader()}
+        return SegmentPlan(layer=layer, meta=meta, source=source, settings=settings,
+                           spatial=spatial_kwargs(layer, channel), store=store,
+                           geo_tags=geo_tags_of(layer), loader=self.model.loader())
 
     def run(self) -> Job | None:
         """Start segmenting (returns the job, or None after showing why it cannot start)."""
@@ -163,17 +164,17 @@ class SegmentWidget(QWidget):
         except SemSegError as exc:
             self.status.error(str(exc))
             return None
-        meta, source = plan["meta"], plan["source"]
+        meta, source = plan.meta, plan.source
         extra = {"model": f"{meta.arch}/{meta.encoder}"}
-        if plan["geo_tags"]:
-            extra["geo_tags"] = plan["geo_tags"]
+        if plan.geo_tags:
+            extra["geo_tags"] = plan.geo_tags
         self.results = ResultLayers(
-            self.viewer, plan["layer"], source.plane_dims, source.plane_shape, meta,
-            plan["spatial"], probabilities=plan["settings"].probabilities,
-            uncertainty=plan["settings"].uncertainty, store=plan["store"], extra=extra)
-        if plan["store"] is None:
+            self.viewer, plan.layer, source.plane_dims, source.plane_shape, meta,
+            plan.spatial, probabilities=plan.settings.probabilities,
+            uncertainty=plan.settings.uncertainty, store=plan.store, extra=extra)
+        if plan.store is None:
             self.results.create_in_memory()
-        loader, settings, store = plan["loader"], plan["settings"], plan["store"]
+        loader, settings, store = plan.loader, plan.settings, plan.store
         sink = self.results.sink  # in memory: the engine writes into the layers' arrays
 
         def job(should_stop):

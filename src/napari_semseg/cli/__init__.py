@@ -32,10 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace | int:
+    """Parsed arguments, or exit status 2 after one line for a value out of its range."""
+    from .options import OptionError
+
+    parser = build_parser()
+    try:
+        return parser.parse_args(argv)
+    except OptionError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``napari-semseg`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(argv)
+    if isinstance(args, int):
+        return args
     from napari_semseg.core.errors import Cancelled, SemSegError
 
     try:

@@ -99,66 +99,100 @@ def connect(args: argparse.Namespace) -> tuple[Any, Any]:
     return Client(cluster), cluster
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def output_layout(inputs: list[Path], output: Path) -> bool:
+    """Check the output name; True when it is a folder receiving one output per input."""
     from napari_semseg.core.errors import SemSegError
-    from napari_semseg.core.io import open_image
-    from napari_semseg.core.models import load_model
-    from napari_semseg.core.predict import iter_segment
-    from napari_semseg.core.writers import check_output, is_complete
 
-    settings = settings_from_args(PredictSettings, args).validated()
-    model = load_model(args.model)
-    inputs = expand_inputs(args.inputs)
-    output = Path(args.output)
     is_file_output = output.name.lower().endswith((".zarr", ".tif", ".tiff"))
     if not is_file_output and output.suffix and not output.is_dir():
         raise SemSegError(f"output {output} must end in .zarr, .ome.zarr, .tif or .tiff, or be a "
                           "folder")
     many = len(inputs) > 1 or not is_file_output
+    if many and output.exists() and not output.is_dir():
+        raise SemSegError(f"--output {output} must be a folder when segmenting several inputs")
+    return many
+
+
+def plan_jobs(inputs: list[Path], output: Path, fmt: str, settings: PredictSettings,
+              in_channels: int) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """``(jobs, skipped)``: every input opened and every output checked before any work."""
+    from napari_semseg.core.io import open_image
+    from napari_semseg.core.writers import check_output, is_complete
+
+    many = output_layout(inputs, output)
     if many:
-        if output.exists() and not output.is_dir():
-            raise SemSegError(f"--output {output} must be a folder when segmenting several inputs")
         output.mkdir(parents=True, exist_ok=True)
-    # validate everything before any work starts
     jobs, skipped = [], []
     for inp in inputs:
-        out = output_for(inp, output, args.format, many)
-        open_image(inp, settings.channel_axis, expected_channels=model.metadata.in_channels)
+        out = output_for(inp, output, fmt, many)
+        open_image(inp, settings.channel_axis, expected_channels=in_channels)
         if settings.resume and is_complete(out):
             skipped.append(inp)
             print(f"{inp}: {out} is already complete, skipped")
             continue
         check_output(out, settings.overwrite, settings.resume)
         jobs.append((inp, out))
+    return jobs, skipped
+
+
+def segment_one(inp: Path, out: Path, model: Any, settings: PredictSettings, client: Any,
+                unit: str) -> None:
+    """Segment one input with a progress bar (created at the first event, so that input errors
+    print one line only)."""
+    from tqdm import tqdm
+
+    from napari_semseg.core.predict import iter_segment
+
+    bar = None
+    try:
+        for event in iter_segment(inp, model, settings, output=out, client=client):
+            if bar is None:
+                if "resuming" in event.message:
+                    print(f"{inp}: {event.message}", file=sys.stderr)
+                bar = tqdm(total=event.total, unit=unit, desc=inp.name, file=sys.stderr)
+            bar.total = event.total
+            bar.n = event.done
+            bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{inp} -> {out}")
+
+
+def segment_all(jobs: list[tuple[Path, Path]], model: Any, settings: PredictSettings,
+                client: Any, stop_on_error: bool) -> list[Path]:
+    """Segment every job; a failing input is reported in one line and the others go on (unless
+    ``stop_on_error``: then its error is raised). Returns the failed inputs."""
+    from napari_semseg.core.errors import SemSegError
+
+    unit = "chunk" if client is not None else "tile"
+    failed = []
+    for inp, out in jobs:
+        try:
+            segment_one(inp, out, model, settings, client, unit)
+        except (SemSegError, RuntimeError, OSError) as exc:
+            if stop_on_error:
+                raise
+            print(f"napari-semseg predict: {inp}: error: {exc}", file=sys.stderr)
+            failed.append(inp)
+    return failed
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_semseg.core.models import load_model
+
+    settings = settings_from_args(PredictSettings, args).validated()
+    model = load_model(args.model)
+    inputs = expand_inputs(args.inputs)
+    # validate everything before any work starts
+    jobs, skipped = plan_jobs(inputs, Path(args.output), args.format, settings,
+                              model.metadata.in_channels)
     client, cluster = connect(args)
     # workers load the model from its file once each; locally the loaded model is reused
     use_model: Any = str(Path(args.model).resolve()) if client is not None else model
-    unit = "chunk" if client is not None else "tile"
-    failed = []
     try:
-        for inp, out in jobs:
-            bar = None  # created at the first event, so that input errors print one line only
-            try:
-                for event in iter_segment(inp, use_model, settings, output=out, client=client):
-                    if bar is None:
-                        if "resuming" in event.message:
-                            print(f"{inp}: {event.message}", file=sys.stderr)
-                        bar = tqdm(total=event.total, unit=unit, desc=inp.name, file=sys.stderr)
-                    bar.total = event.total
-                    bar.n = event.done
-                    bar.refresh()
-                if bar is not None:
-                    bar.close()
-                print(f"{inp} -> {out}")
-            except (SemSegError, RuntimeError, OSError) as exc:
-                if bar is not None:
-                    bar.close()
-                if len(jobs) == 1 and not skipped:
-                    raise
-                print(f"napari-semseg predict: {inp}: error: {exc}", file=sys.stderr)
-                failed.append(inp)
+        failed = segment_all(jobs, use_model, settings, client,
+                             stop_on_error=len(jobs) == 1 and not skipped)
     finally:
         if client is not None:
             client.close()
