@@ -1,4 +1,4 @@
-"""Record a bundled start in src/napari_semseg/weights/manifest.json (used by the weight scripts)."""
+"""Record a bundled start in src/napari_semseg/weights/manifest.json (for the weight scripts)."""
 
 from __future__ import annotations
 

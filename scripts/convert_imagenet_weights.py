@@ -1,4 +1,4 @@
-"""Convert torchvision's ImageNet MobileNetV2 weights into the bundled start ``mobilenet_v2-imagenet``.
+"""Convert the ImageNet MobileNetV2 weights of torchvision into the bundled start (fp16).
 
 Reads ``../shared/weights/mobilenet_v2-b0353104.pth`` (the file torchvision and smp download for
 ``mobilenet_v2``), checks its sha256 *before* opening it, opens it only with
@@ -19,10 +19,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _weights_manifest import WEIGHTS, record_start, shared_dir  # noqa: E402
+from _weights_manifest import WEIGHTS, record_start, shared_dir
 
-from napari_semseg.core.pretrained import (  # noqa: E402
-    IMAGENET_MEAN, IMAGENET_STD, reference_encoder, sha256_of, write_start)
+from napari_semseg.core.pretrained import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    reference_encoder,
+    sha256_of,
+    write_start,
+)
 
 SOURCE = shared_dir() / "weights" / "mobilenet_v2-b0353104.pth"
 SOURCE_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"

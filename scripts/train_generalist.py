@@ -445,7 +445,8 @@ def _write_note(info: dict, out: Path, sha: str) -> None:
         lr_enc=info["learning_rate"] * 0.5, batch=info["batch_size"], patch=info["patch_size"],
         weights={n: v["weight"] for n, v in info["sets"].items()}, steps=info["steps"],
         samples=info["steps"] * info["batch_size"], minutes=info["seconds"] / 60,
-        machine=info["machine"], load=info.get("load", "not recorded"), first_loss=curve[0]["loss"], first_step=curve[0]["step"],
+        machine=info["machine"], load=info.get("load", "not recorded"),
+        first_loss=curve[0]["loss"], first_step=curve[0]["step"],
         last_loss=curve[-1]["loss"], last_step=curve[-1]["step"], per_set=curve[-1]["per_set"],
         images=images, file=out.name, size=out.stat().st_size, sha=sha))
 

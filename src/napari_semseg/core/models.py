@@ -226,7 +226,7 @@ def build_model(
         raise SemSegError("semantic segmentation needs at least 2 classes (background and one more)")
     depth = int(arch_kwargs.get("encoder_depth", 5))
     stride = 2 ** depth
-    start = resolve_start(encoder_weights, encoder, depth)
+    start = resolve_start(encoder_weights, encoder, depth, in_channels)
     meta = ModelMetadata(
         arch=arch.lower(), encoder=encoder, in_channels=in_channels, classes=classes,
         channel_names=list(channel_names or []), class_names=list(class_names or []),

@@ -160,9 +160,10 @@ def first_conv_key(encoder_module: nn.Module) -> str:
     raise SemSegError("the encoder has no 3-channel first convolution to adapt")
 
 
-def resolve_start(encoder_weights: str | os.PathLike | None, encoder: str,
-                  depth: int = 5) -> Start | None:
-    """Find and check the weights ``encoder_weights`` names for ``encoder``; nothing is loaded.
+def resolve_start(encoder_weights: str | os.PathLike | None, encoder: str, depth: int = 5,
+                  in_channels: int | None = None) -> Start | None:
+    """Find and check the weights ``encoder_weights`` names for ``encoder`` (and a model of
+    ``in_channels`` inputs); nothing is loaded.
 
     Raises
     ------
@@ -184,7 +185,15 @@ def resolve_start(encoder_weights: str | os.PathLike | None, encoder: str,
         start = _downloaded_start(text, encoder)
     else:
         start = _file_start(Path(text).expanduser(), encoder)
-    return check_start(start, encoder, depth)
+    start = check_start(start, encoder, depth)
+    if in_channels is not None and start.in_channels not in (3, in_channels):
+        raise SemSegError(_channel_mismatch(start, in_channels))
+    return start
+
+
+def _channel_mismatch(start: Start, in_channels: int) -> str:
+    return (f"encoder_weights '{start.name}' are for {start.in_channels} input channels; the "
+            f"model has {in_channels} (only 3-channel weights adapt to other counts)")
 
 
 def _bundled_start(entry: BundledStart, encoder: str) -> Start:
@@ -228,9 +237,9 @@ def _header(path: Path) -> tuple[dict[str, list[int]], dict[str, Any]]:
             "weights; convert .pth/.pt files with safetensors.torch.save_file)")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            shapes = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
+            shapes = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
             meta = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises several types for a foreign file
+    except Exception as exc:
         raise SemSegError(hint) from exc
     info: dict[str, Any] = {}
     for key in (START_KEY, MODEL_KEY):
@@ -283,13 +292,13 @@ def _downloaded_start(name: str, encoder: str) -> Start:
         try:
             files[filename] = Path(smp.encoders.hf_hub_download(
                 repo, filename=filename, revision=revision, local_files_only=True))
-        except Exception:  # not cached: download below
+        except Exception:  # noqa: BLE001 - not cached: download below
             if not _hub_reachable():
                 raise _offline_error(name, encoder, "no network") from None
             try:
                 files[filename] = Path(smp.encoders.hf_hub_download(
                     repo, filename=filename, revision=revision))
-            except Exception as exc:  # any failure of the hub client is reported in one line
+            except Exception as exc:  # noqa: BLE001 - any hub failure is reported in one line
                 raise _offline_error(name, encoder, type(exc).__name__) from None
     mean, std = _hub_input_statistics(files["config.json"])
     path = files["model.safetensors"]
@@ -343,7 +352,7 @@ def load_start(encoder_module: nn.Module, start: Start, encoder: str, in_channel
 
     try:
         tensors = load_file(str(start.path), device="cpu")
-    except Exception as exc:  # checked before, so only a file changed since then lands here
+    except Exception as exc:  # noqa: BLE001 - checked before; only a changed file lands here
         raise SemSegError(f"encoder_weights '{start.name}' cannot be read: {exc}"
                           .splitlines()[0]) from None
     if start.in_channels == in_channels:
@@ -351,8 +360,7 @@ def load_start(encoder_module: nn.Module, start: Start, encoder: str, in_channel
     elif start.in_channels == 3:
         target = reference_encoder(encoder, depth)
     else:
-        raise SemSegError(f"encoder_weights '{start.name}' are for {start.in_channels} input "
-                          f"channels; the model has {in_channels} (only 3-channel weights adapt)")
+        raise SemSegError(_channel_mismatch(start, in_channels))
     reference = target.state_dict()
     state = {k: tensors[start.prefix + k].to(v.dtype) for k, v in reference.items()}
     target.load_state_dict(state, strict=True)
