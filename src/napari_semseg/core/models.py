@@ -22,6 +22,7 @@ from ._triton_guard import preload_triton
 from .constants import METADATA_KEY, PALETTE
 from .errors import SemSegError
 from .normalize import Normalization
+from .pretrained import load_start, resolve_start
 
 FORMAT = "napari-semseg/1"
 
@@ -88,6 +89,7 @@ class ModelMetadata:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    start: dict[str, Any] | None = None
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -196,7 +198,14 @@ def build_model(
     in_channels, classes
         Number of input channels and of classes (labels 1..classes).
     encoder_weights
-        Pretrained encoder weights; ``None`` (default) never touches the network.
+        Where the encoder starts: ``None`` (default) random; the name of a bundled start
+        (:func:`napari_semseg.core.pretrained.list_starts`, e.g. ``"mobilenet_v2-imagenet"``,
+        no network); a path to a ``.safetensors`` file of encoder weights (keys and shapes are
+        checked; never unpickled); or ``"imagenet"`` (smp's own download, online only).
+        3-channel weights adapt to other channel counts as smp does. The start (name, sha256,
+        origin, licence, expected input mean/std) is recorded in ``metadata.start``; fold its
+        input statistics into the normalization with
+        :func:`napari_semseg.core.pretrained.start_normalization`.
     class_names, class_colors, channel_names
         Names of classes 1..K, their colours (``#rrggbb``), and names of input channels.
     normalization
@@ -217,20 +226,25 @@ def build_model(
         raise SemSegError(f"in_channels and classes must be positive, got {in_channels}, {classes}")
     if classes == 1:
         raise SemSegError("semantic segmentation needs at least 2 classes (background and one more)")
-    stride = 2 ** int(arch_kwargs.get("encoder_depth", 5))
+    depth = int(arch_kwargs.get("encoder_depth", 5))
+    stride = 2 ** depth
+    start = resolve_start(encoder_weights, encoder, depth, in_channels)
     meta = ModelMetadata(
         arch=arch.lower(), encoder=encoder, in_channels=in_channels, classes=classes,
         channel_names=list(channel_names or []), class_names=list(class_names or []),
         class_colors=list(class_colors or []), normalization=normalization,
         tile=int(tile), halo=int(halo), stride=stride, pixel_size=pixel_size,
         pixel_unit=pixel_unit, arch_kwargs=dict(arch_kwargs), versions=_versions(),
+        start=start.metadata() if start is not None else None,
     )
     for name, values, n in (("class_names", meta.class_names, classes),
                             ("class_colors", meta.class_colors, classes),
                             ("channel_names", meta.channel_names, in_channels)):
         if len(values) != n:
             raise SemSegError(f"{name} has {len(values)} entries but the model has {n}")
-    model = SemSegModel(_make_net(meta, encoder_weights), meta)
+    model = SemSegModel(_make_net(meta), meta)
+    if start is not None:
+        load_start(model.net.encoder, start, encoder, in_channels, depth)
     return model.eval()
 
 
