@@ -87,6 +87,18 @@ def test_unknown_architecture_and_encoder_are_clear_errors():
         build_model(classes=1)
 
 
+def test_architectures_come_from_smps_registry():
+    from napari_semseg.core.models import ARCHITECTURES, architectures, import_smp
+
+    smp = import_smp()
+    known = architectures()
+    assert set(ARCHITECTURES) == set(known)  # the widget's list is the builder's list
+    assert {"unet", "unetplusplus", "fpn", "deeplabv3plus", "segformer"} <= set(known)
+    assert all(getattr(smp, cls.__name__) is cls for cls in known.values())
+    model = build_model("Unet_PlusPlus", "resnet18", encoder_depth=3, decoder_channels=(16, 8, 8))
+    assert isinstance(model.net, known["unetplusplus"])
+
+
 def test_load_rejects_pickle_without_unpickling(tmp_path):
     class Boom:
         def __reduce__(self):
