@@ -91,7 +91,7 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 def precision_name(device: torch.device, amp: bool) -> str:
     """What :func:`autocast` computes in on ``device``: "fp32", "bf16" or "fp16"."""
     dtype = amp_dtype(device) if amp else None
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype else "fp32"
 
 
 @contextlib.contextmanager

@@ -164,13 +164,13 @@ def _open_tiff(path: Path) -> tuple[Any, list[tuple] | None]:
                 raise SemSegError(f"cannot read {path}: not a valid TIFF (it holds no image)")
             geo = _geo_tags_of(tf.pages.first)
         store = tifffile.imread(path, aszarr=True, level=0)
-        arr = zarr.open(store, mode="r")
+        arr: Any = zarr.open(store, mode="r")
     except SemSegError:
         raise
     except Exception as exc:  # tifffile raises many types for damaged files
         raise SemSegError(f"cannot read {path}: not a valid TIFF ({type(exc).__name__}: {exc})") from exc
     if hasattr(arr, "shape") is False or isinstance(arr, zarr.Group):
-        arr = arr["0"]
+        return arr["0"], geo or None
     return arr, geo or None
 
 
@@ -182,7 +182,8 @@ def _open_zarr(path: Path) -> Any:
     except Exception as exc:
         raise SemSegError(f"cannot read {path}: not a zarr store ({exc})") from exc
     if isinstance(node, zarr.Group):
-        ms = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+        attrs: dict[str, Any] = dict(node.attrs)
+        ms: Any = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
         if ms:
             return node[ms[0]["datasets"][0]["path"]]
         arrays = list(node.array_keys())

@@ -158,7 +158,8 @@ def option_fields(settings_cls: type) -> dict[str, OptionField]:
 
 def check_ranges(settings: Any) -> None:
     """Check every field of a settings object against its metadata (first problem raises)."""
-    for name, spec in option_fields(type(settings)).items():
+    cls: Any = type(settings)
+    for name, spec in option_fields(cls).items():
         spec.check(getattr(settings, name))
 
 

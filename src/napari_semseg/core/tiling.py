@@ -168,7 +168,8 @@ class TileGrid:
 
     def chunks(self) -> list[tuple[int, int]]:
         """All chunk indices ``(ci, cj)`` in raster order."""
-        return list(product(*(range(n) for n in self.chunk_counts)))
+        rows, cols = self.chunk_counts
+        return list(product(range(rows), range(cols)))
 
     def tiles(self) -> list[tuple[int, int]]:
         """Tile indices ``(i, j)`` in raster order."""
