@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QObject, QTimer
 
 from ._jobs import Job, Outcome
 from ._layers import (
@@ -82,7 +82,7 @@ def preview_channel_axis(layer: Any, source_channel_axis: int | None,
     return source_channel_axis - sum(1 for a in plane_axes if a < source_channel_axis)
 
 
-class LivePreview:
+class LivePreview(QObject):
     """Segments the field of view of ``image`` with the newest model offered, into a preview
     Labels layer over that region (one layer per image, updated in place).
 
@@ -93,15 +93,23 @@ class LivePreview:
     enabled
         Whether previews during training are wanted (the widget's check box); the final preview
         (``offer(model, force=True)``) is shown regardless.
+    parent
+        The widget: the preview's timer dies with it, so nothing runs after it was closed.
     """
 
-    def __init__(self, viewer: Any, enabled: Callable[[], bool]) -> None:
+    def __init__(self, viewer: Any, enabled: Callable[[], bool],
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
         self.viewer = viewer
         self.enabled = enabled
         self.job: Job | None = None
         self._target: tuple[Any, Any, str] | None = None  # image layer, its source, device
         self._pending: Any = None  # the newest model not yet previewed
         self._last = 0.0
+        self._later = QTimer(self)  # the next preview, when a newer model waited for this one
+        self._later.setSingleShot(True)
+        self._later.setInterval(int(PREVIEW_SECONDS * 1000))
+        self._later.timeout.connect(self._maybe)
 
     @property
     def running(self) -> bool:
@@ -120,6 +128,7 @@ class LivePreview:
         self._maybe(force)
 
     def stop(self) -> None:
+        self._later.stop()
         if self.running:
             self.job.stop()
 
@@ -172,7 +181,7 @@ class LivePreview:
         if not self._update_layer(image, data, marker, spatial["translate"]):
             self._add_layer(image, data, marker, spatial, meta)
         if self._pending is not None:
-            QTimer.singleShot(int(PREVIEW_SECONDS * 1000), self._maybe)
+            self._later.start()
 
     def _update_layer(self, image: Any, data: np.ndarray, marker: dict[str, Any],
                       translate: list[float]) -> bool:

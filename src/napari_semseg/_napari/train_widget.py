@@ -58,7 +58,7 @@ class TrainWidget(QWidget):
         self.strokes = StrokeFeed(self)
         self.strokes.sent.connect(
             lambda: self.status.info("new strokes will be used from the next epoch"))
-        self.preview = LivePreview(napari_viewer, self.inputs.live_preview.isChecked)
+        self.preview = LivePreview(napari_viewer, self.inputs.live_preview.isChecked, self)
         self.runner = TrainingRun(napari_viewer, self.progress, self.strokes, self.preview,
                                   finished=lambda: self._set_running(False))
         self.train_button = _button("Train", "train")
