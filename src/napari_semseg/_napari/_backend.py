@@ -2,7 +2,7 @@
 
 Two reasons. (1) With Mesa software OpenGL (Xvfb, remote desktops) importing triton after the
 viewer's OpenGL context exists segfaults unless it is loaded with RTLD_DEEPBIND first;
-:func:`napari_semseg.core.models._smp` does that before importing segmentation-models-pytorch
+:func:`napari_semseg.core.models.import_smp` does that before importing segmentation-models-pytorch
 (which pulls in torchvision and triton). (2) Importing these packages holds the GIL for seconds:
 done inside a worker thread it would freeze the viewer in the middle of a job, so it is done
 here, before any job starts (pandas too: napari imports it for the first layer with features,
@@ -26,7 +26,7 @@ def load_backend() -> None:
         return
     from ..core import models
 
-    models._smp()  # preload_triton() then import segmentation_models_pytorch
+    models.import_smp()  # preload_triton() then import segmentation_models_pytorch
     import numpy as np
     import pandas  # noqa: F401  (napari imports it on the first layer with features: 0.3 s)
     from napari.layers import Labels

@@ -25,19 +25,6 @@ from .normalize import Normalization
 FORMAT = "napari-semseg/1"
 METADATA_KEY = "napari_semseg"
 
-ARCHITECTURES = {
-    "unet": "Unet",
-    "unetplusplus": "UnetPlusPlus",
-    "fpn": "FPN",
-    "pspnet": "PSPNet",
-    "deeplabv3": "DeepLabV3",
-    "deeplabv3plus": "DeepLabV3Plus",
-    "linknet": "Linknet",
-    "manet": "MAnet",
-    "pan": "PAN",
-    "upernet": "UPerNet",
-    "segformer": "Segformer",
-}
 
 # Distinct colours for classes 1..K (RGB); class k uses PALETTE[(k - 1) % len(PALETTE)].
 PALETTE = [
@@ -60,7 +47,28 @@ def import_smp():
     return smp
 
 
-_smp = import_smp  # older private name, still used by the plugin
+UNET_FAMILY = ("unet", "unetplusplus", "manet")  # take encoder_depth and decoder_channels
+
+
+def architectures() -> dict[str, type]:
+    """The architectures segmentation-models-pytorch provides, by lower-case name.
+
+    smp's own registry (``MODEL_ARCHITECTURES_MAPPING``) answers; an smp without it is asked
+    for the segmentation-model classes it exports.
+    """
+    smp = import_smp()
+    registry = getattr(smp, "MODEL_ARCHITECTURES_MAPPING", None)
+    if registry is None:
+        base = smp.base.SegmentationModel
+        registry = {name.lower(): cls for name, cls in vars(smp).items()
+                    if isinstance(cls, type) and issubclass(cls, base) and cls is not base}
+    return dict(registry)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ARCHITECTURES":  # {name: class name}, from smp's registry (imports smp)
+        return {key: cls.__name__ for key, cls in architectures().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -144,21 +152,22 @@ def _versions() -> dict[str, str]:
 
 
 def arch_key(name: str) -> str:
-    """An architecture name as :data:`ARCHITECTURES` spells it ("Unet_PlusPlus" -> "unetplusplus")."""
+    """An architecture name as smp's registry spells it ("Unet_PlusPlus" -> "unetplusplus")."""
     return name.lower().replace("_", "").replace("-", "")
 
 
 def _make_net(meta: ModelMetadata, encoder_weights: str | None = None) -> nn.Module:
-    smp = _smp()
+    smp = import_smp()
+    known = architectures()
     key = arch_key(meta.arch)
-    if key not in ARCHITECTURES:
+    if key not in known:
         raise SemSegError(f"unknown architecture '{meta.arch}'; choose one of "
-                          f"{', '.join(sorted(ARCHITECTURES))}")
+                          f"{', '.join(sorted(known))}")
     encoders = smp.encoders.get_encoder_names()
     if meta.encoder not in encoders:
         raise SemSegError(f"unknown encoder '{meta.encoder}'; see "
                           "segmentation_models_pytorch.encoders.get_encoder_names()")
-    cls = getattr(smp, ARCHITECTURES[key])
+    cls = known[key]
     try:
         return cls(encoder_name=meta.encoder, encoder_weights=encoder_weights,
                    in_channels=meta.in_channels, classes=meta.classes, **meta.arch_kwargs)
@@ -339,3 +348,88 @@ def as_model(model: SemSegModel | str | os.PathLike) -> SemSegModel:
     if isinstance(model, (str, os.PathLike)):
         return load_model(model)
     raise SemSegError(f"expected a model or a model file path, got {type(model).__name__}")
+
+
+# --------------------------------------------------------------------------- model surgery
+
+
+def arch_kwargs(arch: str, encoder_depth: int | None = None,
+                decoder_channels: str | None = None, *,
+                derive_widths: bool = False) -> dict[str, Any]:
+    """``encoder_depth`` and ``decoder_channels`` for Unet-family architectures.
+
+    Other architectures use their own defaults (an empty dict is returned).
+
+    Parameters
+    ----------
+    arch
+        Architecture name (any spelling :func:`arch_key` accepts).
+    encoder_depth
+        Encoder stages (1-5), or None for smp's default of 5.
+    decoder_channels
+        Comma-separated decoder widths, one per encoder stage.
+    derive_widths
+        If the widths do not match the depth: derive them from the depth (for widths left at
+        their default) instead of refusing them.
+    """
+    if arch_key(arch) not in UNET_FAMILY:
+        return {}
+    kw: dict[str, Any] = {}
+    if encoder_depth is not None:
+        kw["encoder_depth"] = int(encoder_depth)
+    if decoder_channels:
+        try:
+            widths = [int(c) for c in str(decoder_channels).split(",")]
+        except ValueError:
+            raise SemSegError(f"--decoder-channels must be comma-separated integers, got "
+                              f"{decoder_channels!r}") from None
+        depth = encoder_depth if encoder_depth is not None else 5
+        if len(widths) != depth:
+            if not derive_widths:
+                raise SemSegError(f"--decoder-channels has {len(widths)} widths but "
+                                  f"--encoder-depth is {depth}; give one width per stage")
+            widths = [max(16, 64 >> i) for i in range(depth)]
+        kw["decoder_channels"] = widths
+    return kw
+
+
+def _head_conv(net: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+    """The last Conv2d of the segmentation head (the one producing class logits)."""
+    head = getattr(net, "segmentation_head", None)
+    if head is None:
+        raise SemSegError("this architecture has no segmentation_head; cannot add classes")
+    last = None
+    for name, mod in head.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            last = (name, mod)
+    if last is None:
+        raise SemSegError("no convolution in the segmentation head; cannot add classes")
+    return head, last[0], last[1]
+
+
+def add_classes(model: SemSegModel, n_classes: int, names: list[str], colors: list[str]) -> None:
+    """Grow the model's output layer to ``n_classes``, keeping the weights of existing classes.
+
+    New classes start from small random weights (half the spread of the existing ones) and the
+    mean existing bias. The class names and colours are set in any case.
+    """
+    meta = model.metadata
+    old = meta.classes
+    if n_classes > old:
+        head, name, conv = _head_conv(model.net)
+        new = nn.Conv2d(conv.in_channels, n_classes, conv.kernel_size, conv.stride,
+                        conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+        with torch.no_grad():
+            new.weight[:old] = conv.weight
+            new.weight[old:] = torch.randn_like(new.weight[old:]) * conv.weight.std() * 0.5
+            if conv.bias is not None:
+                new.bias[:old] = conv.bias
+                new.bias[old:] = conv.bias.mean()
+        parent = head
+        parts = name.split(".")
+        for p in parts[:-1]:
+            parent = getattr(parent, p)
+        setattr(parent, parts[-1], new.to(conv.weight.device))
+        meta.classes = n_classes
+    meta.class_names = list(names)
+    meta.class_colors = list(colors)

@@ -1,0 +1,13 @@
+"""Callbacks: what happens around the training steps (see :mod:`.base` for the interface)."""
+
+from .base import Callback
+from .checkpointing import Checkpoint
+from .feed import AnnotationFeed, TakesAnnotations, UseNewAnnotations
+from .preview import Preview
+from .provenance import Provenance, training_record
+from .threads import ThreadTuning
+from .validation import EarlyStopping, Validation
+
+__all__ = ["AnnotationFeed", "Callback", "Checkpoint", "EarlyStopping", "Preview", "Provenance",
+           "TakesAnnotations", "ThreadTuning", "UseNewAnnotations", "Validation",
+           "training_record"]
