@@ -28,21 +28,17 @@ class GanState:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     ema: UNetGenerator
-    steps: int = 0
 
     @classmethod
     def create(cls, generator: UNetGenerator, discriminator: SegmentationDiscriminator, *,
-               lr_g: float, lr_d: float) -> GanState:
+               lr_g: float, lr_d: float, ema: UNetGenerator | None = None) -> GanState:
+        """Adam (beta1 = 0, as OASIS) for both networks; the EMA starts as a copy of the
+        generator unless given."""
         opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=(0.0, 0.999))
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=(0.0, 0.999))
-        ema = copy.deepcopy(generator).eval().requires_grad_(False)
-        return cls(generator, discriminator, opt_g, opt_d, ema)
-
-    def set_learning_rates(self, lr_g: float, lr_d: float) -> None:
-        for group in self.opt_g.param_groups:
-            group["lr"] = lr_g
-        for group in self.opt_d.param_groups:
-            group["lr"] = lr_d
+        if ema is None:
+            ema = copy.deepcopy(generator)
+        return cls(generator, discriminator, opt_g, opt_d, ema.eval().requires_grad_(False))
 
 
 @torch.no_grad()
@@ -57,10 +53,10 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int,
         e.copy_(b)
 
 
-def gan_step(state: GanState, batch: GanBatch, *, reconstruction: float = 10.0,
+def gan_step(state: GanState, batch: GanBatch, step: int, *, reconstruction: float = 10.0,
              pool: int = 8, amp: bool = False) -> dict[str, float]:
-    """One discriminator and one generator update; returns ``d``, ``g_adv``, ``g_rec`` and
-    ``g`` (the generator's total loss)."""
+    """One discriminator and one generator update (``step`` counts the run's steps, for the
+    EMA); returns the losses ``d``, ``g_adv``, ``g_rec`` and ``g`` (the generator's total)."""
     g, d = state.generator, state.discriminator
     device = batch.real.device
     g.train()
@@ -88,6 +84,5 @@ def gan_step(state: GanState, batch: GanBatch, *, reconstruction: float = 10.0,
     g_loss.backward()
     state.opt_g.step()
     d.requires_grad_(True)
-    update_ema(state.ema, g, state.steps)
-    state.steps += 1
+    update_ema(state.ema, g, step)
     return {"d": d_loss.item(), "g_adv": adv.item(), "g_rec": rec.item(), "g": g_loss.item()}
