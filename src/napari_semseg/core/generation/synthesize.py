@@ -95,9 +95,9 @@ def prepare(label_map: Any, generator: GeneratorModel | str | os.PathLike,
     source = open_label_map(label_map)
     generator = as_generator(generator)
     meta = generator.metadata
-    check_label_values(source, meta.classes, meta.class_names)
     device = resolve_device(settings.device)
     grid = plan_grid(source, generator, settings)
+    check_label_values(source, meta.classes, meta.class_names)  # reads the map: last
     batch = settings.batch_size or (GPU_BATCH if device.type == "cuda" else 1)
     layout = ImageLayout(source.plane_dims, source.plane_shape, meta.channels,
                          np.dtype(meta.dtype), grid.chunk)
