@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_semseg import (GeneratorSettings, SynthesizeSettings, build_generator,
-                           iter_synthesize, load_generator, read_generator_metadata,
-                           save_generator, synthesize, train_generator)
+from napari_semseg import (
+    GeneratorSettings,
+    SynthesizeSettings,
+    build_generator,
+    iter_synthesize,
+    load_generator,
+    read_generator_metadata,
+    save_generator,
+    synthesize,
+    train_generator,
+)
 from napari_semseg.core.errors import Cancelled, SemSegError
 from napari_semseg.core.generation.data import PairSampler
 from napari_semseg.core.generation.networks import SegmentationDiscriminator, UNetGenerator
@@ -244,8 +252,8 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     labels = blocks((64, 64), 3)
     image = painted(labels)
     out = tmp_path / "g.safetensors"
-    options = dict(steps_per_epoch=2, crop_size=32, batch_size=2, base_channels=4, depth=3,
-                   device="cpu", output=out)
+    options = {"steps_per_epoch": 2, "crop_size": 32, "batch_size": 2, "base_channels": 4,
+               "depth": 3, "device": "cpu", "output": out}
     calls = []
 
     def stop_after_first_epoch(event):

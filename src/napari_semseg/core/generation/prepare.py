@@ -9,6 +9,7 @@ network's ``[-1, 1]`` maps onto, and every class's mean and spread) come from a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,6 @@ def _open_image_for(image: Any, labels: ImageSource, channel_axis: int | None,
     if isinstance(image, ImageSource):
         arr = image.data
     elif not hasattr(image, "shape"):
-        from pathlib import Path
-
         path = Path(image)
         arr, geo = open_array(path)
     shape, lshape = tuple(int(s) for s in arr.shape), labels.shape

@@ -50,40 +50,43 @@ class GeneratorSettings:
     def validated(self) -> GeneratorSettings:
         """Return self after checking value ranges; raise :class:`SemSegError` otherwise."""
         stride = 2 ** (self.depth - 1)
-        checks = [
-            (2 <= self.depth <= 6, f"--depth must be 2 to 6, got {self.depth}"),
-            (self.base_channels >= 4, f"--base-channels must be at least 4, got "
-                                      f"{self.base_channels}"),
-            (self.crop_size >= 2 * stride and self.crop_size % stride == 0,
-             f"--crop-size must be a multiple of the stride {stride} and at least "
-             f"{2 * stride}, got {self.crop_size}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.steps is None or self.steps >= 1, f"--steps must be at least 1, got "
-                                                    f"{self.steps}"),
-            (self.time_budget is None or self.time_budget > 0,
-             f"--time-budget must be positive seconds, got {self.time_budget}"),
-            (self.steps_per_epoch >= 1, f"--steps-per-epoch must be at least 1, got "
-                                        f"{self.steps_per_epoch}"),
-            (self.learning_rate > 0, f"--learning-rate must be positive, got "
-                                     f"{self.learning_rate}"),
-            (self.reconstruction >= 0, f"--reconstruction must be 0 or more, got "
-                                       f"{self.reconstruction}"),
-            (self.reconstruction_pool >= 1 and self.crop_size % self.reconstruction_pool == 0,
-             f"--reconstruction-pool must divide --crop-size {self.crop_size}, got "
-             f"{self.reconstruction_pool}"),
-            (0 <= self.label_dropout <= 1, f"--label-dropout must be in [0, 1], got "
-                                           f"{self.label_dropout}"),
-            (min(self.noise_fine, self.noise_smooth) >= 0 and self.noise_cell >= 1,
-             "--noise-fine and --noise-smooth must be 0 or more and --noise-cell at least 1"),
-            (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got "
-                                                        f"{self.threads}"),
-            (not self.resume or bool(self.checkpoint),
-             "--resume needs --checkpoint (the file to continue from)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SemSegError(message)
+        self._require(2 <= self.depth <= 6, f"--depth must be 2 to 6, got {self.depth}")
+        self._require(self.base_channels >= 4,
+                      f"--base-channels must be at least 4, got {self.base_channels}")
+        self._require(self.crop_size >= 2 * stride and self.crop_size % stride == 0,
+                      f"--crop-size must be a multiple of the stride {stride} and at least "
+                      f"{2 * stride}, got {self.crop_size}")
+        self._require(self.batch_size >= 1, f"--batch-size must be at least 1, got "
+                                            f"{self.batch_size}")
+        self._require(self.steps is None or self.steps >= 1,
+                      f"--steps must be at least 1, got {self.steps}")
+        self._require(self.time_budget is None or self.time_budget > 0,
+                      f"--time-budget must be positive seconds, got {self.time_budget}")
+        self._require(self.steps_per_epoch >= 1,
+                      f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
+        self._require(self.learning_rate > 0,
+                      f"--learning-rate must be positive, got {self.learning_rate}")
+        self._require(self.reconstruction >= 0,
+                      f"--reconstruction must be 0 or more, got {self.reconstruction}")
+        self._require(self.reconstruction_pool >= 1
+                      and self.crop_size % self.reconstruction_pool == 0,
+                      f"--reconstruction-pool must divide --crop-size {self.crop_size}, got "
+                      f"{self.reconstruction_pool}")
+        self._require(0 <= self.label_dropout <= 1,
+                      f"--label-dropout must be in [0, 1], got {self.label_dropout}")
+        self._require(min(self.noise_fine, self.noise_smooth) >= 0 and self.noise_cell >= 1,
+                      "--noise-fine and --noise-smooth must be 0 or more and --noise-cell at "
+                      "least 1")
+        self._require(self.threads is None or self.threads >= 1,
+                      f"--threads must be at least 1, got {self.threads}")
+        self._require(not self.resume or bool(self.checkpoint),
+                      "--resume needs --checkpoint (the file to continue from)")
         return self
+
+    @staticmethod
+    def _require(ok: bool, message: str) -> None:
+        if not ok:
+            raise SemSegError(message)
 
 
 @dataclass

@@ -85,6 +85,20 @@ class MemoryImageSink:
         pass
 
 
+class StreamSink:
+    """Keep nothing: the chunks reach the caller only through the progress events (a viewer
+    paints them into its own layer); the result has no image."""
+
+    def write(self, chunk: ImageChunk) -> None:
+        pass
+
+    def finish(self) -> SynthesisResult:
+        return SynthesisResult(None)
+
+    def abort(self) -> None:
+        pass
+
+
 class ZarrImageSink:
     """Write chunks into a zarr group (array ``0``) under ``<path>.partial``; rename at the end."""
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..device import autocast, free_memory, resolve_device
-from ..errors import Cancelled, SemSegError
+from ..errors import Cancelled
 from ..io import ImageSource
 from ..progress import drive
 from ..tiling import TileGrid, default_margin, normalize_tile, round_up
@@ -32,7 +32,7 @@ from .labels import check_label_values, open_label_map, read_label_tile
 from .model_file import GeneratorModel, as_generator
 from .noise import noise_window
 from .settings import SynthesizeSettings
-from .sinks import ImageChunk, ImageLayout, SynthesisResult, make_image_sink
+from .sinks import ImageChunk, ImageLayout, StreamSink, SynthesisResult, make_image_sink
 
 GPU_BATCH = 4
 
@@ -205,10 +205,12 @@ def _window(img: np.ndarray, rows: slice, cols: slice, shape: tuple[int, int]) -
     return out
 
 
-def run_job(job: SynthesisJob, *, should_stop: Callable[[], bool] | None = None
-            ) -> Generator[SynthesisProgress, None, SynthesisResult]:
-    """Run a prepared job; the output appears under its name only when complete."""
-    sink = make_image_sink(job.output, job.layout, job.info, geo_tags=job.source.geo_tags)
+def run_job(job: SynthesisJob, *, should_stop: Callable[[], bool] | None = None,
+            keep: bool = True) -> Generator[SynthesisProgress, None, SynthesisResult]:
+    """Run a prepared job; the output appears under its name only when complete. With
+    ``keep=False`` (and no output) the chunks are only handed out with the events."""
+    sink = (make_image_sink(job.output, job.layout, job.info, geo_tags=job.source.geo_tags)
+            if keep or job.output is not None else StreamSink())
     completed = False
     try:
         runner = TileRunner(job.generator, job.device, job.settings.amp)
@@ -246,17 +248,18 @@ def _settings(settings: SynthesizeSettings | None, options: dict[str, Any]
 
 def iter_synthesize(label_map: Any, generator: GeneratorModel | str | os.PathLike,
                     settings: SynthesizeSettings | None = None, *, output: Any = None,
-                    should_stop: Callable[[], bool] | None = None, **options: Any
-                    ) -> Generator[SynthesisProgress, None, SynthesisResult]:
+                    should_stop: Callable[[], bool] | None = None, keep: bool = True,
+                    **options: Any) -> Generator[SynthesisProgress, None, SynthesisResult]:
     """Synthesize an image for ``label_map``; yield :class:`SynthesisProgress` after every
-    batch of tiles; return a :class:`~.sinks.SynthesisResult`.
+    batch of tiles (with the chunks finished by it); return a :class:`~.sinks.SynthesisResult`.
 
     Every check runs before the first tile. A cancelled (``should_stop`` returns True, or the
-    generator is closed) or failed run leaves nothing under the output name. Parameters are
-    those of :func:`synthesize`.
+    generator is closed) or failed run leaves nothing under the output name. ``keep=False``
+    without an output keeps no image: the chunks only travel with the events (for a viewer
+    that paints them into its own layer). Other parameters are those of :func:`synthesize`.
     """
     job = prepare(label_map, generator, _settings(settings, options), output)
-    return (yield from run_job(job, should_stop=should_stop))
+    return (yield from run_job(job, should_stop=should_stop, keep=keep))
 
 
 def synthesize(label_map: Any, generator: GeneratorModel | str | os.PathLike, *, seed: int = 0,
