@@ -21,8 +21,10 @@ def _opt(default: Any, help: str) -> Any:
 class GeneratorSettings:
     """Settings of generator training (:func:`napari_semseg.train_generator`)."""
 
-    base_channels: int = _opt(16, "width of the generator's and discriminator's first level "
-                                  "(doubles per level; 16 is slim and CPU-friendly)")
+    base_channels: int = _opt(16, "width of the generator's first level (doubles per level; "
+                                  "16 is slim and CPU-friendly)")
+    discriminator_channels: int = _opt(8, "width of the discriminator's first level (its "
+                                          "cost dominates a step; 8 is half the generator's)")
     depth: int = _opt(4, "levels of the U-Nets (stride 2^(depth-1))")
     noise_fine: int = _opt(2, "per-pixel noise channels (texture)")
     noise_smooth: int = _opt(2, "smooth noise channels (slow variations over noise_cell pixels)")
@@ -32,7 +34,7 @@ class GeneratorSettings:
     steps: int | None = _opt(None, "optimizer steps (default: until time_budget, else 2000)")
     time_budget: float | None = _opt(None, "wall-clock budget in seconds")
     steps_per_epoch: int = _opt(50, "steps between progress summaries and checkpoints")
-    learning_rate: float = _opt(2e-4, "generator learning rate (Adam, beta1 0); the "
+    learning_rate: float = _opt(5e-4, "generator learning rate (Adam, beta1 0); the "
                                       "discriminator uses twice this")
     reconstruction: float = _opt(10.0, "weight of the low-pass L1 term (colours of the "
                                        "classes; 0 = purely adversarial)")
@@ -51,8 +53,9 @@ class GeneratorSettings:
         """Return self after checking value ranges; raise :class:`SemSegError` otherwise."""
         stride = 2 ** (self.depth - 1)
         self._require(2 <= self.depth <= 6, f"--depth must be 2 to 6, got {self.depth}")
-        self._require(self.base_channels >= 4,
-                      f"--base-channels must be at least 4, got {self.base_channels}")
+        self._require(min(self.base_channels, self.discriminator_channels) >= 4,
+                      f"--base-channels and --discriminator-channels must be at least 4, got "
+                      f"{self.base_channels}, {self.discriminator_channels}")
         self._require(self.crop_size >= 2 * stride and self.crop_size % stride == 0,
                       f"--crop-size must be a multiple of the stride {stride} and at least "
                       f"{2 * stride}, got {self.crop_size}")

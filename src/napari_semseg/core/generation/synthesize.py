@@ -114,7 +114,8 @@ class TileRunner:
     """Runs the generator on batches of label tiles; returns weighted images in image units."""
 
     def __init__(self, generator: GeneratorModel, device: torch.device, amp: bool) -> None:
-        self.generator = generator.to(device).eval()
+        # channels_last: faster convolutions on GPUs and with oneDNN on CPUs
+        self.generator = generator.to(device).eval().to(memory_format=torch.channels_last)
         self.device, self.amp = device, amp
         self.classes = generator.metadata.classes
 
@@ -124,10 +125,11 @@ class TileRunner:
         """``labels (B, H, W)``, ``noise (B, N, H, W)``, ``weights (B, H, W)`` ->
         ``(B, C, H, W)`` float32 ``weight * image``."""
         onehot = one_hot(torch.from_numpy(labels).to(self.device), self.classes)
-        z = torch.from_numpy(noise).to(self.device)
+        onehot = onehot.contiguous(memory_format=torch.channels_last)
+        z = torch.from_numpy(noise).to(self.device).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
             out = self.generator(onehot, z)
-        img = self.generator.to_image_units(out.float())
+        img = self.generator.to_image_units(out.float()).contiguous()
         img *= torch.from_numpy(weights).to(self.device).unsqueeze(1)
         return img.cpu().numpy()
 

@@ -62,7 +62,8 @@ class GeneratorTask(Task):
         s, meta = self.settings, self.exported.metadata
         torch.manual_seed(s.seed)
         raw = copy.deepcopy(self.exported.net)
-        disc = SegmentationDiscriminator(meta.channels, meta.classes, s.base_channels, s.depth)
+        disc = SegmentationDiscriminator(meta.channels, meta.classes, s.discriminator_channels,
+                                         s.depth)
         self.exported.to(self.device)
         self.gan = GanState.create(raw.to(self.device).train(), disc.to(self.device).train(),
                                    lr_g=s.learning_rate, lr_d=s.learning_rate * D_LR_FACTOR,
