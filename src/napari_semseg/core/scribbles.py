@@ -124,22 +124,27 @@ def make_scribbles(mask: np.ndarray, *, fraction: float = 0.015, radius: int = 1
     weights = np.sqrt(np.array([areas[k] for k in classes], float))
     shares = budget * weights / weights.sum()
     for k, share in zip(classes, shares):
-        share = min(share, areas[k] / 2)
-        full = mask == k
-        region = _erode(full, radius)
-        if region.sum() < 10:
-            region = full
-        candidates = np.flatnonzero(region)
-        painted = 0
-        tries = 0
-        while painted < share and tries < 10000:
-            tries += 1
-            start = np.unravel_index(candidates[rng.integers(len(candidates))], mask.shape)
-            n = int(rng.integers(length[0], length[1] + 1))
-            points = _walk(region, start, n, rng)
-            box, (rows, cols) = _paint(points, radius, mask.shape)
-            box &= full[rows, cols]
-            new = box & (out[rows, cols] == 0)
-            out[rows, cols][new] = k
-            painted += int(new.sum())
+        _paint_class(out, mask, k, min(share, areas[k] / 2), radius, length, rng)
     return out
+
+
+def _paint_class(out: np.ndarray, mask: np.ndarray, k: int, share: float, radius: int,
+                 length: tuple[int, int], rng: np.random.Generator) -> None:
+    """Add strokes of class ``k`` to ``out`` until about ``share`` new pixels are painted."""
+    full = mask == k
+    region = _erode(full, radius)
+    if region.sum() < 10:
+        region = full
+    candidates = np.flatnonzero(region)
+    painted = 0
+    tries = 0
+    while painted < share and tries < 10000:
+        tries += 1
+        start = np.unravel_index(candidates[rng.integers(len(candidates))], mask.shape)
+        n = int(rng.integers(length[0], length[1] + 1))
+        points = _walk(region, start, n, rng)
+        box, (rows, cols) = _paint(points, radius, mask.shape)
+        box &= full[rows, cols]
+        new = box & (out[rows, cols] == 0)
+        out[rows, cols][new] = k
+        painted += int(new.sum())

@@ -142,7 +142,7 @@ def _open_pairs(images: list[Any], annotations: list[Any], channel_axis: int | N
     expected = model.metadata.in_channels if model is not None else None
     img_sources: list[ImageSource] = []
     ann_sources: list[ImageSource] = []
-    for i, (img, ann) in enumerate(zip(images, annotations)):
+    for i, (img, ann) in enumerate(zip(images, annotations, strict=True)):
         what = _label(i, n)
         a = open_annotations(ann, what)
         s = open_training_image(img, a.shape, channel_axis, what)
@@ -233,7 +233,7 @@ def refresh(data: TrainData, annotations: Any, seed: int) -> TrainData:
     if len(anns) != len(data.images):
         raise SemSegError(f"{len(anns)} annotation array(s) for {len(data.images)} image(s)")
     sources = []
-    for i, (a, s) in enumerate(zip(anns, data.images)):
+    for i, (a, s) in enumerate(zip(anns, data.images, strict=True)):
         src = open_annotations(a, _label(i, len(anns)))
         if tuple(src.shape) != tuple(s.output_shape):
             raise SemSegError(f"annotations {i} have shape {src.shape}, expected {s.output_shape}")
