@@ -94,3 +94,18 @@ def test_train_section_adds_a_generator(viewer, h):
     assert w.run() is not None
     w.wait()
     assert np.asarray(_synthesized(viewer)[0].data).shape == (64, 64)
+
+
+def test_em_sample_picks_the_em_generator(viewer, h):
+    import tifffile
+
+    from napari_semseg._napari.synthesize_widget import bundled_generators
+
+    paths = bundled_generators()
+    if "EM sample generator" not in paths:
+        pytest.skip("the sample generators are not built in this checkout")
+    viewer.open_sample("napari-semseg", "em")
+    w = h.dock(viewer, "Synthesize")
+    viewer.add_labels(tifffile.imread(h.sample("em_labels.tif")), name="membranes")
+    assert w.generator.choice() == ("file", str(paths["EM sample generator"]))
+    assert "membrane, interior" in w.info.text()

@@ -325,7 +325,28 @@ class SynthesizeWidget(QWidget):
         self.variant_button.clicked.connect(self.another_variant)
         self.cancel_button.clicked.connect(self.cancel)
         self.generator.changed.connect(lambda: self.info.setText(self.generator.describe()))
+        self.labels.currentIndexChanged.connect(self._labels_changed)
+        self._labels_changed()
         self.info.setText(self.generator.describe())
+
+    def _labels_changed(self, *_: Any) -> None:
+        """Offer the bundled generator that fits the chosen Labels layer: the one with its
+        class names (a segmentation result), else the one of a sample image in the viewer."""
+        layer = self.labels.layer()
+        if layer is None:
+            return
+        names = (layer.metadata.get(KEY) or {}).get("class_names")
+        samples = [str((ly.metadata.get(KEY) or {}).get("model", ""))
+                   for ly in self.viewer.layers if ly is not layer]
+        for path in bundled_generators().values():
+            try:
+                fits = read_generator_metadata(path).class_names == names
+            except SemSegError:
+                continue
+            stem = path.name.replace("_generator.safetensors", "_model.safetensors")
+            if fits or (names is None and any(s.endswith(stem) for s in samples)):
+                self.generator.select(("file", str(path)))
+                return
 
     def _layout(self) -> None:
         form = QFormLayout()
