@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from napari_semseg.core.generation.settings import GeneratorSettings, SynthesizeSettings
 
@@ -58,7 +59,7 @@ def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",")] if text else None
 
 
-def _follow(job, bar) -> object:
+def _follow(job: Any, bar: Any) -> Any:
     """Drive a training job, showing its events on ``bar``; return the job's result."""
     while True:
         try:

@@ -58,7 +58,8 @@ def _read_padded(source: ImageSource, plane: int, y: int, x: int, size: int) -> 
     pad_y, pad_x = size - block.shape[1], size - block.shape[2]
     if pad_y or pad_x:
         mode = "reflect" if min(block.shape[1:]) > max(pad_y, pad_x) else "symmetric"
-        block = np.pad(block, ((0, 0), (0, pad_y), (0, pad_x)), mode=mode)
+        block = np.pad(block, ((0, 0), (0, pad_y), (0, pad_x)),
+                       mode=mode)  # type: ignore[call-overload]
     return block
 
 

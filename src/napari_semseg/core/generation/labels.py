@@ -81,5 +81,5 @@ def read_label_tile(source: ImageSource, plane: int, rows: slice, cols: slice,
         mode = "reflect" if min(block.shape) > 1 else "edge"
         if mode == "reflect" and (pad[0][1] >= block.shape[0] or pad[1][1] >= block.shape[1]):
             mode = "symmetric"
-        block = np.pad(block, pad, mode=mode)
+        block = np.pad(block, pad, mode=mode)  # type: ignore[call-overload]
     return np.clip(block.astype(np.int64, copy=False), 0, classes)

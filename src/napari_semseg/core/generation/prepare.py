@@ -82,7 +82,8 @@ def open_pairs(images: Any, label_maps: Any, channel_axis: int | None = None
     if len(imgs) != len(maps):
         raise SemSegError(f"{len(imgs)} image(s) but {len(maps)} label map(s); give one label "
                           "map per image")
-    out_i, out_l = [], []
+    out_i: list[ImageSource] = []
+    out_l: list[ImageSource] = []
     for i, (img, lab) in enumerate(zip(imgs, maps)):
         what = "the image" if len(imgs) == 1 else f"image {i}"
         lsrc = open_label_map(lab)
@@ -135,8 +136,8 @@ def measure(images: list[ImageSource], labels: list[ImageSource], classes: int, 
         sel = lab == k
         if sel.any():
             means[k - 1], stds[k - 1] = pix[:, sel].mean(1), pix[:, sel].std(1)
-    r = lambda a: np.round(a, 4).tolist()  # noqa: E731
-    return r(low), r(high), r(means), r(stds)
+    return (np.round(low, 4).tolist(), np.round(high, 4).tolist(),
+            np.round(means, 4).tolist(), np.round(stds, 4).tolist())
 
 
 def prepare_data(images: Any, label_maps: Any, *, channel_axis: int | None = None,

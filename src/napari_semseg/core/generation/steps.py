@@ -49,8 +49,8 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int,
     d = min(decay, (1.0 + step) / (10.0 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach(), 1.0 - d)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
+    for eb, mb in zip(ema.buffers(), model.buffers()):
+        eb.copy_(mb)
 
 
 def gan_step(state: GanState, batch: GanBatch, step: int, *, reconstruction: float = 10.0,

@@ -72,14 +72,21 @@ class GeneratorTask(Task):
         return (f"training a generator ({meta.classes} classes, {meta.channels} channel(s)) "
                 f"on {len(self.data.images)} image(s), {pixels / 1e6:.1f} Mpx, on {self.device}")
 
+    @property
+    def networks(self) -> GanState:
+        """The networks and optimizers (after :meth:`start`)."""
+        if self.gan is None:
+            raise RuntimeError("the task has not been started")
+        return self.gan
+
     def model(self) -> GeneratorModel:
         return self.exported
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"generator": self.gan.generator, "discriminator": self.gan.discriminator}
+        return {"generator": self.networks.generator, "discriminator": self.networks.discriminator}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"generator": self.gan.opt_g, "discriminator": self.gan.opt_d}
+        return {"generator": self.networks.opt_g, "discriminator": self.networks.opt_d}
 
     def begin_epoch(self, epoch: int) -> None:
         s, meta = self.settings, self.exported.metadata
@@ -91,8 +98,10 @@ class GeneratorTask(Task):
 
     def step(self, loop: LoopState) -> StepResult:
         s = self.settings
+        if self.sampler is None:
+            raise RuntimeError("step before begin_epoch")
         batch = self.sampler.batch(s.batch_size).to(self.device)
-        losses = gan_step(self.gan, batch, loop.step, reconstruction=s.reconstruction,
+        losses = gan_step(self.networks, batch, loop.step, reconstruction=s.reconstruction,
                           pool=s.reconstruction_pool, amp=s.amp)
         return StepResult(losses["g"], s.batch_size,
                           {"loss_d": losses["d"], "loss_adversarial": losses["g_adv"],
@@ -104,7 +113,14 @@ class GeneratorTask(Task):
             out.load_state_dict(weights)
         return out
 
+    def validate(self) -> dict[str, float] | None:
+        """Nothing to validate on (a GAN's losses do not rank generators): the last weights
+        are exported."""
+        return None
+
     def save(self, model: nn.Module, path: Path) -> None:
+        if not isinstance(model, GeneratorModel):
+            raise TypeError(f"expected a GeneratorModel, got {type(model).__name__}")
         save_generator(model, path)
 
     def provenance(self) -> dict[str, Any]:
