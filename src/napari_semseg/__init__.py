@@ -38,6 +38,19 @@ _API = {
     "train": "napari_semseg.core.train",
     "iter_train": "napari_semseg.core.train",
     "evaluate": "napari_semseg.core.evaluate",
+    "train_generator": "napari_semseg.core.generation.train",
+    "iter_train_generator": "napari_semseg.core.generation.train",
+    "synthesize": "napari_semseg.core.generation.synthesize",
+    "iter_synthesize": "napari_semseg.core.generation.synthesize",
+    "build_generator": "napari_semseg.core.generation.model_file",
+    "save_generator": "napari_semseg.core.generation.model_file",
+    "load_generator": "napari_semseg.core.generation.model_file",
+    "read_generator_metadata": "napari_semseg.core.generation.model_file",
+    "GeneratorModel": "napari_semseg.core.generation.model_file",
+    "GeneratorMetadata": "napari_semseg.core.generation.model_file",
+    "GeneratorSettings": "napari_semseg.core.generation.settings",
+    "SynthesizeSettings": "napari_semseg.core.generation.settings",
+    "SynthesisResult": "napari_semseg.core.generation.sinks",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -10,7 +10,7 @@ import argparse
 import sys
 from importlib import import_module
 
-COMMANDS = ("predict", "train", "evaluate", "info", "demo")
+COMMANDS = ("predict", "train", "evaluate", "info", "demo", "generate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -311,8 +311,12 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
         raise SemSegError(f"{path} is a safetensors file but has no napari-semseg metadata; "
                           "it was not written by napari-semseg")
     try:
+        kind = json.loads(text).get("kind", "segmenter")
+        if kind != "segmenter":  # e.g. "generator" (napari_semseg.core.generation)
+            raise SemSegError(f"{path} is an image {kind}, not a segmentation model; give a "
+                              "segmentation model (a generator is used by synthesize)")
         return ModelMetadata.from_json(text)
-    except (json.JSONDecodeError, TypeError) as exc:
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
         raise SemSegError(f"{path} has damaged napari-semseg metadata: {exc}") from exc
 
 
