@@ -116,6 +116,7 @@ def output_layout(inputs: list[Path], output: Path) -> bool:
 def plan_jobs(inputs: list[Path], output: Path, fmt: str, settings: PredictSettings,
               in_channels: int) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """``(jobs, skipped)``: every input opened and every output checked before any work."""
+    from napari_semseg.core.errors import SemSegError
     from napari_semseg.core.io import open_image
     from napari_semseg.core.writers import check_output, is_complete
 
@@ -123,14 +124,22 @@ def plan_jobs(inputs: list[Path], output: Path, fmt: str, settings: PredictSetti
     if many:
         output.mkdir(parents=True, exist_ok=True)
     jobs, skipped = [], []
+    written: dict[Path, Path] = {}
+    companions = [name for name, wanted in (("probabilities", settings.probabilities),
+                                            ("uncertainty", settings.uncertainty)) if wanted]
     for inp in inputs:
         out = output_for(inp, output, fmt, many)
+        if out.resolve() in written:
+            raise SemSegError(f"inputs {written[out.resolve()]} and {inp} would both be written "
+                              f"to {out}; segment them into different --output folders")
+        written[out.resolve()] = inp
         open_image(inp, settings.channel_axis, expected_channels=in_channels)
         if settings.resume and is_complete(out):
             skipped.append(inp)
             print(f"{inp}: {out} is already complete, skipped")
             continue
-        check_output(out, settings.overwrite, settings.resume)
+        check_output(out, settings.overwrite, settings.resume, inputs=inputs,
+                     companions=companions)
         jobs.append((inp, out))
     return jobs, skipped
 

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -141,21 +141,43 @@ def is_complete(path: Path) -> bool:
     return path.exists() and not partial_path(path).exists()
 
 
-def check_output(path: Path, overwrite: bool, resume: bool = False) -> None:
+def check_output(path: Path, overwrite: bool, resume: bool = False, *,
+                 inputs: Sequence[Path | None] = (), companions: Sequence[str] = ()) -> None:
     """Refuse an existing output (unless overwrite) and an unwritable folder, before any work.
 
     With ``resume``, a complete output is accepted (there is nothing left to do) and so is an
-    output name whose unfinished run (``<name>.partial``) is to be continued.
+    output name whose unfinished run (``<name>.partial``) is to be continued. An output that is
+    one of ``inputs`` (or inside one, or holding one), also through links, is always refused:
+    ``--overwrite`` never destroys an input. ``companions`` names the extra files a TIFF output
+    writes beside it (``"probabilities"``, ``"uncertainty"``); they obey the same rules.
     """
     path = Path(path)
-    output_kind(path)
-    if path.exists() and not overwrite and not (resume and is_complete(path)):
-        raise SemSegError(f"output {path} exists; pass --overwrite (overwrite=True) to replace it")
+    kind = output_kind(path)
+    extra = [companion_paths(path)[c] for c in companions] if kind == "tiff" else []
+    for target in (path, *extra):
+        check_not_input(target, inputs)
+        if target.exists() and not overwrite and not (resume and is_complete(path)):
+            raise SemSegError(f"output {target} exists; pass --overwrite (overwrite=True) to "
+                              "replace it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise SemSegError(f"output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise SemSegError(f"output folder {parent} is not writable")
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` resolve to the same place or one holds the other."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_not_input(output: Path, inputs: Sequence[Path | None]) -> None:
+    """Refuse an output that would replace (or write into) one of the inputs."""
+    for inp in inputs:
+        if inp is not None and _overlaps(Path(output), Path(inp)):
+            raise SemSegError(f"output {output} is the input {inp} (or holds or is inside it); "
+                              "choose another output name, the input would be destroyed")
 
 
 def _remove(path: Path) -> None:

@@ -115,8 +115,8 @@ def _run_info(source: ImageSource, model: SemSegModel, settings: PredictSettings
     }
 
 
-def _check_destination(output: Any, sink: Sink | None, settings: PredictSettings
-                       ) -> Path | None:
+def _check_destination(output: Any, sink: Sink | None, settings: PredictSettings,
+                       source_path: Path | None = None) -> Path | None:
     """The output path, checked (exists, folder writable) before any work; not with a sink."""
     if output is None:
         return None
@@ -124,7 +124,10 @@ def _check_destination(output: Any, sink: Sink | None, settings: PredictSettings
         raise SemSegError("give either output (a file to write) or sink (an object receiving "
                           "the chunks), not both")
     output = Path(output)
-    check_output(output, settings.overwrite, settings.resume)
+    companions = [name for name, wanted in (("probabilities", settings.probabilities),
+                                            ("uncertainty", settings.uncertainty)) if wanted]
+    check_output(output, settings.overwrite, settings.resume, inputs=[source_path],
+                 companions=companions)
     return output
 
 
@@ -144,7 +147,7 @@ def prepare(image: Any, model: SemSegModel | str | os.PathLike,
         check_finite(source)
     device = resolve_device(settings.device) if device is None else device
     plan = plan_tiles(source, model, settings, device)
-    output = _check_destination(output, sink, settings)
+    output = _check_destination(output, sink, settings, source.path)
     if output is not None and settings.resume and is_complete(output):
         return SegmentationResult(None, path=output)
     if meta.normalization is None:
