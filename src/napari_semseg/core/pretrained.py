@@ -398,12 +398,12 @@ def start_normalization(norm: Normalization | None, start: dict[str, Any] | None
         return norm
     n = len(norm.offset)
     mean, std = channel_statistics(start, n)
-    offset = [o + m / s for o, m, s in zip(norm.offset, mean, norm.scale)]
-    scale = [s / d for s, d in zip(norm.scale, std)]
+    offset = [o + m / s for o, m, s in zip(norm.offset, mean, norm.scale, strict=True)]
+    scale = [s / d for s, d in zip(norm.scale, std, strict=True)]
     clip = None
     if norm.clip is not None:
-        lows = [(norm.clip[0] - m) / d for m, d in zip(mean, std)]
-        highs = [(norm.clip[1] - m) / d for m, d in zip(mean, std)]
+        lows = [(norm.clip[0] - m) / d for m, d in zip(mean, std, strict=True)]
+        highs = [(norm.clip[1] - m) / d for m, d in zip(mean, std, strict=True)]
         clip = [min(lows), max(highs)]
     return Normalization(mode="percentile", offset=offset, scale=scale, clip=clip,
                          low=norm.low, high=norm.high)

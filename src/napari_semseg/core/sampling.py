@@ -116,7 +116,7 @@ def scan_annotations(annotations: list[ImageSource], block: int, *, seed: int = 
                 bid = (ys // block) * nbx + xs // block
                 key = bid * (k_all + 1) + vals
                 uniq, cnt = np.unique(key, return_counts=True)
-                for u, c in zip(uniq.tolist(), cnt.tolist()):
+                for u, c in zip(uniq.tolist(), cnt.tolist(), strict=True):
                     b, k = divmod(u, k_all + 1)
                     by, bx = divmod(b, nbx)
                     arr = block_counts.setdefault((i, p, by, bx), np.zeros(k_all + 1, np.int64))
@@ -128,7 +128,7 @@ def scan_annotations(annotations: list[ImageSource], block: int, *, seed: int = 
                                        ys[sel], xs[sel]], axis=1).astype(np.int64)
                     pts[k].add(rows_k, rng)
     points = [pt.array() for pt in pts]
-    weights = [np.full(len(a), 1.0 / pt.keep) for a, pt in zip(points, pts)]
+    weights = [np.full(len(a), 1.0 / pt.keep) for a, pt in zip(points, pts, strict=True)]
     return AnnotationIndex(counts, block, block_counts, points, weights, max_label)
 
 
@@ -204,7 +204,8 @@ class PatchSampler:
             wts = index.weights[k]
             if self.val and len(pts):
                 keys = zip(pts[:, 0].tolist(), pts[:, 1].tolist(),
-                           (pts[:, 2] // self.block).tolist(), (pts[:, 3] // self.block).tolist())
+                           (pts[:, 2] // self.block).tolist(), (pts[:, 3] // self.block).tolist(),
+                           strict=True)
                 train = np.fromiter((key not in self.val for key in keys), bool, len(pts))
                 pts, wts = pts[train], wts[train]
             if not len(pts):

@@ -120,7 +120,7 @@ class PlaneBlender:
     def add(self, group: list[Tile], probs: torch.Tensor) -> list[FinishedChunk]:
         """Add a batch of weighted probabilities; return the chunks it finished."""
         finished = []
-        for (i, j), p in zip(group, probs):
+        for (i, j), p in zip(group, probs, strict=True):
             for c in self.grid.chunks_of_tile(i, j):
                 if c in self.remaining:
                     done = self._add_piece(i, j, c, p)
