@@ -12,6 +12,7 @@ image. Labels of validation blocks are erased from training patches.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -251,8 +252,9 @@ class PatchSampler:
             self._erase_validation(lab, i, p, y0, x0)
         ph, pw = size - img.shape[1], size - img.shape[2]
         if ph > 0 or pw > 0:
-            mode = "reflect" if min(img.shape[1:]) > 1 and ph < img.shape[1] and pw < img.shape[2] \
-                else "edge"
+            mode: Literal["reflect", "edge"] = (
+                "reflect" if min(img.shape[1:]) > 1 and ph < img.shape[1] and pw < img.shape[2]
+                else "edge")
             img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode=mode)
             lab = np.pad(lab, ((0, ph), (0, pw)))
         return img, lab
