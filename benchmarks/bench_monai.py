@@ -223,7 +223,8 @@ def main() -> None:
                  ("monai", "ours_default_fp32")}
     for label, (a, b) in pairs.items():
         if a in timing and b in timing:  # median of the per-round ratios
-            ratios[label] = float(np.median([x / y for x, y in zip(timing[a], timing[b])]))
+            ratios[label] = float(np.median([x / y for x, y in
+                                             zip(timing[a], timing[b], strict=False)]))
         elif a in runs and b in runs:
             ratios[label] = runs[a]["seconds"] / runs[b]["seconds"]
     rows = [[TITLES[m], r["seconds"], r["mpx_s"], f"{r['label_agreement_with_whole'] * 100:.3f}",

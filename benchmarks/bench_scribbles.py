@@ -71,7 +71,7 @@ def scribbles_for(ds: dict, train: list[tuple[np.ndarray, np.ndarray]]) -> list[
 
 def score(preds: list[np.ndarray], test: list[tuple[np.ndarray, np.ndarray]], names: list[str]) -> dict:
     k = len(names)
-    cm = sum(confusion_matrix(p, lab, k) for p, (_, lab) in zip(preds, test))
+    cm = sum(confusion_matrix(p, lab, k) for p, (_, lab) in zip(preds, test, strict=True))
     s = scores(cm, names)
     return {"mean_iou": s["mean_iou"], "accuracy": s["accuracy"],
             "iou": {n: s[f"iou/{n}"] for n in names}}
@@ -139,7 +139,7 @@ def run_rf(train, labels, test, seed=0):
 
     t0 = time.perf_counter()
     xs, ys = [], []
-    for (img, _), lab in zip(train, labels):
+    for (img, _), lab in zip(train, labels, strict=True):
         f = rf_features(img)
         xs.append(f[lab > 0])
         ys.append(lab[lab > 0])
@@ -177,7 +177,7 @@ def markdown(results: dict) -> str:
         text = fmt(v["mean_iou"]) + spread(v)
         return text + (f" / {tta['mean_iou']:.3f}{spread(tta)}" if tta else "")
 
-    for name, r in results["datasets"].items():
+    for _name, r in results["datasets"].items():
         m = r["methods"]
         rf = m.get("rf", {}).get("mean_iou")
         cnn = m.get("cnn", {})
@@ -191,7 +191,7 @@ def markdown(results: dict) -> str:
                      f"{both(cnn)} | {diff} | {both(m.get('cnn_dense', {}))} | "
                      f"{cnn.get('steps', '-')} | {cnn.get('patches_per_s', '-')} |")
     lines += ["", "Per-class IoU:", ""]
-    for name, r in results["datasets"].items():
+    for _name, r in results["datasets"].items():
         lines.append(f"- {r['title']}:")
         for meth, v in r["methods"].items():
             for label, sc in ((meth, v), (f"{meth} + tta8", v.get("tta8"))):

@@ -216,8 +216,9 @@ def trained_em_resnet18(steps: int = 150, seed: int = 0) -> Path:
     for step in range(steps):
         idx = rng.integers(0, len(x), 8)
         ys, xs = rng.integers(0, 512 - 256, 8), rng.integers(0, 512 - 256, 8)
-        xb = np.stack([x[i, a:a + 256, b:b + 256] for i, a, b in zip(idx, ys, xs)])[:, None]
-        yb = np.stack([y[i, a:a + 256, b:b + 256] for i, a, b in zip(idx, ys, xs)])
+        windows = list(zip(idx, ys, xs, strict=True))
+        xb = np.stack([x[i, a:a + 256, b:b + 256] for i, a, b in windows])[:, None]
+        yb = np.stack([y[i, a:a + 256, b:b + 256] for i, a, b in windows])
         if step % 2:
             xb, yb = xb[..., ::-1], yb[..., ::-1]
         loss = torch.nn.functional.cross_entropy(

@@ -38,8 +38,9 @@ def trained_model():
     model.train()
     for _ in range(60):
         ys, xs = rng.integers(0, 512 - 64, 8), rng.integers(0, 512 - 64, 8)
-        xb = torch.from_numpy(np.stack([x[y:y + 64, c:c + 64] for y, c in zip(ys, xs)])[:, None])
-        yb = torch.from_numpy(np.stack([labels[y:y + 64, c:c + 64] for y, c in zip(ys, xs)]))
+        corners = list(zip(ys, xs, strict=True))
+        xb = torch.from_numpy(np.stack([x[y:y + 64, c:c + 64] for y, c in corners])[:, None])
+        yb = torch.from_numpy(np.stack([labels[y:y + 64, c:c + 64] for y, c in corners]))
         loss = torch.nn.functional.cross_entropy(model(xb), yb)
         opt.zero_grad()
         loss.backward()

@@ -191,7 +191,7 @@ def test_writer_zarr_output_equals_the_engine_output(tmp_path):
     ms_a, ms_b = a.attrs["multiscales"][0], b.attrs["multiscales"][0]
     assert [d["path"] for d in ms_a["datasets"]] == [d["path"] for d in ms_b["datasets"]]
     assert len(ms_a["datasets"]) == 2 and ms_a["axes"] == ms_b["axes"]
-    for da_, db_ in zip(ms_a["datasets"], ms_b["datasets"]):
+    for da_, db_ in zip(ms_a["datasets"], ms_b["datasets"], strict=True):
         assert da_["coordinateTransformations"][0] == db_["coordinateTransformations"][0]
         x, y = a[da_["path"]], b[db_["path"]]
         assert x.dtype == y.dtype and x.shape == y.shape

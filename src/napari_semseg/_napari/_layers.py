@@ -61,7 +61,7 @@ def layer_classes(layer: Any, n: int | None = None) -> tuple[list[str], list[str
         try:
             feats = layer.features
             if "class" in feats and "index" in feats:
-                lookup = dict(zip(feats["index"], feats["class"]))
+                lookup = dict(zip(feats["index"], feats["class"], strict=True))
                 top = max(int(i) for i in lookup) if lookup else 0
                 names = [str(lookup.get(k, f"class {k}")) for k in range(1, top + 1)]
         except Exception:  # features are optional

@@ -65,7 +65,7 @@ def read_region(layer: Any, plane_axes: tuple[int, ...], plane: tuple[int, ...],
     """The pixels of one region (all channels), as numpy, in the layer's axis order."""
     data = base_data(layer)
     index: list[Any] = [slice(None)] * data.ndim
-    for a, i in zip(plane_axes, plane):
+    for a, i in zip(plane_axes, plane, strict=True):
         index[a] = i
     index[y_axis], index[x_axis] = rows, cols
     block = data[tuple(index)]
@@ -173,7 +173,7 @@ class LivePreview(QObject):
                                  else self._target[1].channel_axis)
         offsets = list(plane) + [rows.start, cols.start]
         spatial["translate"] = [t + o * s for t, o, s in
-                                zip(spatial["translate"], offsets, spatial["scale"])]
+                                zip(spatial["translate"], offsets, spatial["scale"], strict=False)]
         data = labels.reshape((1,) * len(plane) + labels.shape[-2:])
         meta = model.metadata
         marker = {"complete": True, "region": [rows.start, rows.stop, cols.start, cols.stop],

@@ -40,7 +40,7 @@ def _class_names(meta: dict[str, Any]) -> list[str]:
         return names
     try:
         if "class" in feats and "index" in feats:
-            lookup = dict(zip(feats["index"], feats["class"]))
+            lookup = dict(zip(feats["index"], feats["class"], strict=True))
             return [str(lookup[k]) for k in sorted(lookup) if int(k) > 0]
     except Exception:  # features are optional
         pass

@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"architecture:  {meta.arch} / {meta.encoder}")
     print(f"input:         {meta.in_channels} channel(s): {', '.join(meta.channel_names)}")
     print(f"classes:       {meta.classes}")
-    for k, (name, color) in enumerate(zip(meta.class_names, meta.class_colors), start=1):
+    pairs = zip(meta.class_names, meta.class_colors, strict=True)
+    for k, (name, color) in enumerate(pairs, start=1):
         print(f"  {k:>3}  {color}  {name}")
     if meta.normalization is not None:
         n = asdict(meta.normalization)

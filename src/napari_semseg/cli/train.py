@@ -66,7 +66,7 @@ def pair_inputs(images: list[str], labels: list[str]) -> list[tuple[Path, Path]]
         if len(label_items) != len(img_files):
             raise SemSegError(f"{len(img_files)} image(s) but {len(label_items)} label file(s); "
                               "give one label file per image, or folders with matching names")
-        return list(zip(img_files, label_items))
+        return list(zip(img_files, label_items, strict=True))
     candidates: dict[str, Path] = {}
     for item in expand_inputs(labels):
         candidates.setdefault(_stem(item), item)

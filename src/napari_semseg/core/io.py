@@ -92,7 +92,7 @@ class ImageSource:
     def read(self, plane: int, rows: slice, cols: slice) -> np.ndarray:
         """Read the window ``rows, cols`` of one plane as ``(C, h, w)`` in the source dtype."""
         index: list[Any] = [slice(None)] * self.data.ndim
-        for axis, i in zip(self.plane_axes, self.plane_index(plane)):
+        for axis, i in zip(self.plane_axes, self.plane_index(plane), strict=True):
             index[axis] = i
         index[self.y_axis], index[self.x_axis] = rows, cols
         block = self.data[tuple(index)]

@@ -69,7 +69,7 @@ def write_labels_zarr(path: str | Path, labels: Any, info: LabelsInfo,
     ``image-label`` colours and names, scale and translation; written under ``<path>.partial``
     and renamed when complete (an existing ``path`` is replaced)."""
     shape = tuple(int(s) for s in labels.shape)
-    layout = OutputLayout(shape[:-2], shape[-2:], chunk, max(1, len(info.class_names)),
+    layout = OutputLayout(shape[:-2], (shape[-2], shape[-1]), chunk, max(1, len(info.class_names)),
                           False, False, labels_dtype=np.dtype(labels.dtype))
     meta = jsonable({"class_names": list(info.class_names),
                      "class_colors": list(info.class_colors), "geo_tags": info.geo_tags})
@@ -80,7 +80,10 @@ def write_labels_zarr(path: str | Path, labels: Any, info: LabelsInfo,
     try:
         for block in _blocks(labels, layout):
             sink.write(block)
-        return sink.finish().path
+        written = sink.finish().path
+        if written is None:
+            raise RuntimeError("a zarr sink always reports the path it wrote")
+        return written
     except BaseException:
         shutil.rmtree(sink.partial, ignore_errors=True)  # nothing half-written stays behind
         raise

@@ -7,11 +7,14 @@ and a batch of dense masks give losses on the same scale.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def class_weights(counts: list[int] | torch.Tensor, power: float = 0.5,
+def class_weights(counts: Sequence[int] | np.ndarray | torch.Tensor, power: float = 0.5,
                   max_ratio: float = 10.0) -> torch.Tensor:
     """Inverse-frequency class weights ``(K,)`` with mean 1 over the annotated classes.
 

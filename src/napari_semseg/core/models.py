@@ -22,7 +22,7 @@ from ._triton_guard import preload_triton
 from .constants import METADATA_KEY, PALETTE
 from .errors import SemSegError
 from .normalize import Normalization
-from .pretrained import load_start, resolve_start
+from .pretrained import Start, load_start, resolve_start
 
 FORMAT = "napari-semseg/1"
 
@@ -171,21 +171,11 @@ def _make_net(meta: ModelMetadata, encoder_weights: str | None = None) -> nn.Mod
 
 
 def build_model(
-    arch: str = "unet",
-    encoder: str = "resnet18",
-    in_channels: int = 1,
-    classes: int = 2,
-    *,
-    encoder_weights: str | None = None,
-    class_names: list[str] | None = None,
-    class_colors: list[str] | None = None,
-    channel_names: list[str] | None = None,
-    normalization: Normalization | None = None,
-    tile: int = 1024,
-    halo: int = 32,
-    pixel_size: float | None = None,
-    pixel_unit: str | None = None,
-    **arch_kwargs: Any,
+    arch: str = "unet", encoder: str = "resnet18", in_channels: int = 1, classes: int = 2, *,
+    encoder_weights: str | None = None, class_names: list[str] | None = None,
+    class_colors: list[str] | None = None, channel_names: list[str] | None = None,
+    normalization: Normalization | None = None, tile: int = 1024, halo: int = 32,
+    pixel_size: float | None = None, pixel_unit: str | None = None, **arch_kwargs: Any,
 ) -> SemSegModel:
     """Build a segmentation model over segmentation-models-pytorch.
 
@@ -222,30 +212,48 @@ def build_model(
     SemSegModel
         The network in eval mode with its metadata attached as ``model.metadata``.
     """
-    if in_channels < 1 or classes < 1:
-        raise SemSegError(f"in_channels and classes must be positive, got {in_channels}, {classes}")
-    if classes == 1:
-        raise SemSegError("semantic segmentation needs at least 2 classes (background and one more)")
+    _check_counts(in_channels, classes)
     depth = int(arch_kwargs.get("encoder_depth", 5))
-    stride = 2 ** depth
     start = resolve_start(encoder_weights, encoder, depth, in_channels)
     meta = ModelMetadata(
         arch=arch.lower(), encoder=encoder, in_channels=in_channels, classes=classes,
         channel_names=list(channel_names or []), class_names=list(class_names or []),
         class_colors=list(class_colors or []), normalization=normalization,
-        tile=int(tile), halo=int(halo), stride=stride, pixel_size=pixel_size,
+        tile=int(tile), halo=int(halo), stride=2 ** depth, pixel_size=pixel_size,
         pixel_unit=pixel_unit, arch_kwargs=dict(arch_kwargs), versions=_versions(),
         start=start.metadata() if start is not None else None,
     )
-    for name, values, n in (("class_names", meta.class_names, classes),
-                            ("class_colors", meta.class_colors, classes),
-                            ("channel_names", meta.channel_names, in_channels)):
-        if len(values) != n:
-            raise SemSegError(f"{name} has {len(values)} entries but the model has {n}")
+    _check_name_lists(meta)
     model = SemSegModel(_make_net(meta), meta)
     if start is not None:
-        load_start(model.net.encoder, start, encoder, in_channels, depth)
+        _load_encoder_start(model, start, depth)
     return model.eval()
+
+
+def _check_counts(in_channels: int, classes: int) -> None:
+    """Raise unless there is at least one input channel and two classes."""
+    if in_channels < 1 or classes < 1:
+        raise SemSegError(f"in_channels and classes must be positive, got {in_channels}, {classes}")
+    if classes == 1:
+        raise SemSegError("semantic segmentation needs at least 2 classes (background and one more)")
+
+
+def _check_name_lists(meta: ModelMetadata) -> None:
+    """Raise unless every name list has one entry per class / input channel."""
+    for name, values, n in (("class_names", meta.class_names, meta.classes),
+                            ("class_colors", meta.class_colors, meta.classes),
+                            ("channel_names", meta.channel_names, meta.in_channels)):
+        if len(values) != n:
+            raise SemSegError(f"{name} has {len(values)} entries but the model has {n}")
+
+
+def _load_encoder_start(model: SemSegModel, start: Start, depth: int) -> None:
+    """Copy the weights of a checked encoder start into the model's encoder."""
+    meta = model.metadata
+    encoder_module = model.net.encoder
+    if not isinstance(encoder_module, nn.Module):
+        raise SemSegError(f"{meta.arch} has no encoder to load encoder_weights into")
+    load_start(encoder_module, start, meta.encoder, meta.in_channels, depth)
 
 
 def save_model(model: SemSegModel, path: str | os.PathLike, *, overwrite: bool = True,
@@ -404,6 +412,11 @@ def arch_kwargs(arch: str, encoder_depth: int | None = None,
     return kw
 
 
+def _pair(values: tuple[int, ...]) -> tuple[int, int]:
+    """A 2D convolution's per-axis setting (kernel size, stride...) as the pair it is."""
+    return values[0], values[1]
+
+
 def _head_conv(net: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
     """The last Conv2d of the segmentation head (the one producing class logits)."""
     head = getattr(net, "segmentation_head", None)
@@ -428,12 +441,13 @@ def add_classes(model: SemSegModel, n_classes: int, names: list[str], colors: li
     old = meta.classes
     if n_classes > old:
         head, name, conv = _head_conv(model.net)
-        new = nn.Conv2d(conv.in_channels, n_classes, conv.kernel_size, conv.stride,
-                        conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+        padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+        new = nn.Conv2d(conv.in_channels, n_classes, _pair(conv.kernel_size), _pair(conv.stride),
+                        padding, _pair(conv.dilation), conv.groups, conv.bias is not None)
         with torch.no_grad():
             new.weight[:old] = conv.weight
             new.weight[old:] = torch.randn_like(new.weight[old:]) * conv.weight.std() * 0.5
-            if conv.bias is not None:
+            if conv.bias is not None and new.bias is not None:
                 new.bias[:old] = conv.bias
                 new.bias[old:] = conv.bias.mean()
         parent = head

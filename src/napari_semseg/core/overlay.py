@@ -42,7 +42,7 @@ def panels(images: list[np.ndarray], captions: list[str], gap: int = 8) -> np.nd
     canvas = Image.new("RGB", (w, h + top), "white")
     draw = ImageDraw.Draw(canvas)
     x = 0
-    for im, cap in zip(images, captions):
+    for im, cap in zip(images, captions, strict=True):
         canvas.paste(Image.fromarray(im), (x, top))
         draw.text((x + 4, 4), cap, fill="black")
         x += im.shape[1] + gap

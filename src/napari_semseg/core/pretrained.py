@@ -332,15 +332,16 @@ def check_start(start: Start, encoder: str, depth: int = 5) -> Start:
         hint = f" (the file says encoder {said})" if said and said != encoder else ""
         raise SemSegError(f"encoder_weights '{start.name}' do not fit encoder {encoder}{hint}: "
                           f"{len(missing)} of {len(expected)} tensors missing, e.g. {missing[0]}")
+    present = {k: v for k, v in found.items() if v is not None}  # all of them (checked above)
     conv = first_conv_key(reference)
-    channels = found[conv][1]
-    wrong = [k for k, v in found.items() if k != conv and v != expected[k]]
-    if found[conv][0] != expected[conv][0] or found[conv][2:] != expected[conv][2:]:
+    channels = present[conv][1]
+    wrong = [k for k, v in present.items() if k != conv and v != expected[k]]
+    if present[conv][0] != expected[conv][0] or present[conv][2:] != expected[conv][2:]:
         wrong.insert(0, conv)
     if wrong:
         raise SemSegError(f"encoder_weights '{start.name}' do not fit encoder {encoder}: "
                           f"{len(wrong)} tensors of the wrong shape, e.g. {wrong[0]} "
-                          f"{found[wrong[0]]} instead of {expected[wrong[0]]}")
+                          f"{present[wrong[0]]} instead of {expected[wrong[0]]}")
     return Start(**{**start.__dict__, "prefix": prefix, "in_channels": int(channels)})
 
 
@@ -365,7 +366,8 @@ def load_start(encoder_module: nn.Module, start: Start, encoder: str, in_channel
     state = {k: tensors[start.prefix + k].to(v.dtype) for k, v in reference.items()}
     target.load_state_dict(state, strict=True)
     if target is not encoder_module:
-        target.set_in_channels(in_channels, pretrained=True)
+        # a method of smp's EncoderMixin; smp ships no type information
+        target.set_in_channels(in_channels, pretrained=True)  # type: ignore[operator]
         encoder_module.load_state_dict(target.state_dict(), strict=True)
 
 
@@ -398,12 +400,12 @@ def start_normalization(norm: Normalization | None, start: dict[str, Any] | None
         return norm
     n = len(norm.offset)
     mean, std = channel_statistics(start, n)
-    offset = [o + m / s for o, m, s in zip(norm.offset, mean, norm.scale)]
-    scale = [s / d for s, d in zip(norm.scale, std)]
+    offset = [o + m / s for o, m, s in zip(norm.offset, mean, norm.scale, strict=True)]
+    scale = [s / d for s, d in zip(norm.scale, std, strict=True)]
     clip = None
     if norm.clip is not None:
-        lows = [(norm.clip[0] - m) / d for m, d in zip(mean, std)]
-        highs = [(norm.clip[1] - m) / d for m, d in zip(mean, std)]
+        lows = [(norm.clip[0] - m) / d for m, d in zip(mean, std, strict=True)]
+        highs = [(norm.clip[1] - m) / d for m, d in zip(mean, std, strict=True)]
         clip = [min(lows), max(highs)]
     return Normalization(mode="percentile", offset=offset, scale=scale, clip=clip,
                          low=norm.low, high=norm.high)

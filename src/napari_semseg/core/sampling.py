@@ -12,6 +12,7 @@ image. Labels of validation blocks are erased from training patches.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def scan_annotations(annotations: list[ImageSource], block: int, *, seed: int = 
                 bid = (ys // block) * nbx + xs // block
                 key = bid * (k_all + 1) + vals
                 uniq, cnt = np.unique(key, return_counts=True)
-                for u, c in zip(uniq.tolist(), cnt.tolist()):
+                for u, c in zip(uniq.tolist(), cnt.tolist(), strict=True):
                     b, k = divmod(u, k_all + 1)
                     by, bx = divmod(b, nbx)
                     arr = block_counts.setdefault((i, p, by, bx), np.zeros(k_all + 1, np.int64))
@@ -128,7 +129,7 @@ def scan_annotations(annotations: list[ImageSource], block: int, *, seed: int = 
                                        ys[sel], xs[sel]], axis=1).astype(np.int64)
                     pts[k].add(rows_k, rng)
     points = [pt.array() for pt in pts]
-    weights = [np.full(len(a), 1.0 / pt.keep) for a, pt in zip(points, pts)]
+    weights = [np.full(len(a), 1.0 / pt.keep) for a, pt in zip(points, pts, strict=True)]
     return AnnotationIndex(counts, block, block_counts, points, weights, max_label)
 
 
@@ -204,7 +205,8 @@ class PatchSampler:
             wts = index.weights[k]
             if self.val and len(pts):
                 keys = zip(pts[:, 0].tolist(), pts[:, 1].tolist(),
-                           (pts[:, 2] // self.block).tolist(), (pts[:, 3] // self.block).tolist())
+                           (pts[:, 2] // self.block).tolist(), (pts[:, 3] // self.block).tolist(),
+                           strict=True)
                 train = np.fromiter((key not in self.val for key in keys), bool, len(pts))
                 pts, wts = pts[train], wts[train]
             if not len(pts):
@@ -250,8 +252,9 @@ class PatchSampler:
             self._erase_validation(lab, i, p, y0, x0)
         ph, pw = size - img.shape[1], size - img.shape[2]
         if ph > 0 or pw > 0:
-            mode = "reflect" if min(img.shape[1:]) > 1 and ph < img.shape[1] and pw < img.shape[2] \
-                else "edge"
+            mode: Literal["reflect", "edge"] = (
+                "reflect" if min(img.shape[1:]) > 1 and ph < img.shape[1] and pw < img.shape[2]
+                else "edge")
             img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode=mode)
             lab = np.pad(lab, ((0, ph), (0, pw)))
         return img, lab

@@ -123,7 +123,7 @@ def make_scribbles(mask: np.ndarray, *, fraction: float = 0.015, radius: int = 1
     budget = fraction * sum(areas.values())
     weights = np.sqrt(np.array([areas[k] for k in classes], float))
     shares = budget * weights / weights.sum()
-    for k, share in zip(classes, shares):
+    for k, share in zip(classes, shares, strict=True):
         _paint_class(out, mask, k, min(share, areas[k] / 2), radius, length, rng)
     return out
 

@@ -28,7 +28,7 @@ class ThreadTuner:
         self.options = [torch.get_num_threads(), 1]
         self.enabled = enabled and fixed is None and self.options[0] > 1
         self.probe, self.reprobe = probe, reprobe
-        self.cost = {n: None for n in self.options}  # seconds per step, smoothed
+        self.cost: dict[int, float | None] = {n: None for n in self.options}  # seconds per step, smoothed
         self.current = self.options[0]
         self.step = 0
         self.trial: int | None = None
@@ -70,7 +70,7 @@ class ThreadTuner:
         self.trial, self.since_probe = None, 0
         known = {n: c for n, c in self.cost.items() if c is not None}
         if len(known) == len(self.options):
-            self.current = min(known, key=known.get)
+            self.current = min(known, key=lambda n: known[n])
 
     def describe(self) -> str:
         costs = ", ".join(f"{n} thread(s) {c:.2f} s/step" for n, c in self.cost.items()

@@ -164,8 +164,9 @@ def train(images: Any, annotations: Any, *, model: SemSegModel | str | os.PathLi
     """
     extra = {k: options.pop(k) for k in ("class_names", "class_colors", "channel_axis", "feed",
                                          "should_stop") if k in options}
-    values = dict(arch=arch, encoder=encoder, epochs=epochs, time_budget=time_budget,
-                  device=device, validation=validation, seed=seed)
+    values: dict[str, Any] = dict(arch=arch, encoder=encoder, epochs=epochs,
+                                  time_budget=time_budget, device=device, validation=validation,
+                                  seed=seed)
     if settings is not None:  # keep the settings' values for arguments left at their defaults
         defaults = TrainSettings()
         values = {k: v for k, v in values.items() if v != getattr(defaults, k)}

@@ -396,7 +396,7 @@ class ZarrSink:
 
     def done_chunks(self) -> set[tuple[int, int, int]]:
         """``(plane, chunk_row, chunk_col)`` of every chunk already written by this run."""
-        done = set()
+        done: set[tuple[int, int, int]] = set()
         folder = self.partial / DONE_DIR
         if not folder.is_dir():
             return done

@@ -6,6 +6,7 @@ all its tiles are in (argmax, uint8 probabilities, entropy), and back off when o
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class FinishedChunk:
 
     def result(self) -> ChunkResult:
         labels, probs, unc = (None if x is None else x.numpy() for x in self.parts)
+        if labels is None:
+            raise RuntimeError("a finished chunk always has labels")
         return ChunkResult(self.plane, self.region,
                            labels.astype(self.label_dtype, copy=False), probs, unc)
 
@@ -115,12 +118,12 @@ class PlaneBlender:
         """The (cached, on-device) blending weights of the tiles of a batch."""
         grid = self.grid
         return [self.predictor.weight(self.weight_key + _weight_key(grid, i, j),
-                                      lambda i=i, j=j: grid.weight(i, j)) for i, j in group]
+                                      functools.partial(grid.weight, i, j)) for i, j in group]
 
     def add(self, group: list[Tile], probs: torch.Tensor) -> list[FinishedChunk]:
         """Add a batch of weighted probabilities; return the chunks it finished."""
         finished = []
-        for (i, j), p in zip(group, probs):
+        for (i, j), p in zip(group, probs, strict=True):
             for c in self.grid.chunks_of_tile(i, j):
                 if c in self.remaining:
                     done = self._add_piece(i, j, c, p)

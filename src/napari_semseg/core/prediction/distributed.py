@@ -29,7 +29,7 @@ from ..io import ImageSource
 from ..models import SemSegModel, as_model, save_model
 from ..progress import ChunkResult, PredictProgress
 from ..settings import PredictSettings
-from ..writers import SegmentationResult, Sink
+from ..writers import SegmentationResult, Sink, ZarrSink
 from .blocks import blocks_for, plan_blocks
 from .job import SegmentJob, prepare
 from .worker import BlockJob, run_block
@@ -119,7 +119,9 @@ class _ClusterRun:
         self.token = uuid.uuid4().hex
         self.event: Any = None
         self.futures: list[Any] = []
-        self.store = str(sink.path) if job.output is not None else None
+        # workers write straight into the output's store when there is one on disk
+        self.store = (str(sink.path) if job.output is not None and isinstance(sink, ZarrSink)
+                      else None)
 
     def block_job(self, image: Any, model: Any, model_path: str | None) -> BlockJob:
         """The run as the workers see it; also creates the run's cancel event."""

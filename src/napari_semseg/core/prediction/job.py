@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from ..writers import (OutputLayout, SegmentationResult, Sink, check_output, is_
                        make_sink)
 from .plan import TilePlan, plan_tiles
 
+# per model: (the key of the weights and metadata hashed, their digest)
+_DIGESTS: weakref.WeakKeyDictionary[SemSegModel, tuple[Any, str]] = weakref.WeakKeyDictionary()
+
 
 def model_digest(model: SemSegModel) -> str:
     """A hash of the weights and metadata (identifies a model for resume); cached on the model
@@ -31,11 +35,11 @@ def model_digest(model: SemSegModel) -> str:
     meta = {k: v for k, v in asdict(model.metadata).items() if k != "versions"}
     key = (repr(sorted(meta.items())),
            tuple((k, v.data_ptr(), v._version) for k, v in state.items()))
-    cached = getattr(model, "_semseg_digest", None)
+    cached = _DIGESTS.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
     digest = _digest(model)
-    model._semseg_digest = (key, digest)
+    _DIGESTS[model] = (key, digest)
     return digest
 
 

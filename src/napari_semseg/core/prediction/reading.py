@@ -4,6 +4,7 @@ type torch holds, in batches (pinned host memory for a GPU)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ def read_tile(source: ImageSource, plane: int, grid: TileGrid, i: int, j: int) -
     th, tw = grid.tile_shape
     pad = ((0, 0), (0, th - block.shape[1]), (0, tw - block.shape[2]))
     if pad[1][1] or pad[2][1]:
-        mode = "reflect" if min(block.shape[1:]) > 1 else "edge"
+        mode: Literal["reflect", "edge", "symmetric"] = "reflect" if min(block.shape[1:]) > 1 else "edge"
         if mode == "reflect" and (pad[1][1] >= block.shape[1] or pad[2][1] >= block.shape[2]):
             mode = "symmetric"
         block = np.pad(block, pad, mode=mode)

@@ -45,7 +45,7 @@ class TilePredictor:
         self.channels_last = device.type in ("cuda", "cpu")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = self.model
+        self.forward: Callable[..., torch.Tensor] = self.model
         if compile and device.type == "cuda":
             self.forward = torch.compile(self.model)
         self.max_batch: int | None = None

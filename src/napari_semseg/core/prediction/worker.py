@@ -95,6 +95,8 @@ def _read_model(job: BlockJob, model_bytes: bytes | None) -> SemSegModel:
             path = Path(tmp) / "model.safetensors"
             path.write_bytes(model_bytes)
             return load_model(path)
+    if job.model_path is None:
+        raise SemSegError("a block job needs the model's bytes or a model_path; it has neither")
     if not Path(job.model_path).exists():
         raise SemSegError(f"model file {job.model_path} does not exist on this worker; put "
                           "it on a filesystem all workers share")
@@ -154,17 +156,18 @@ def _cancelled(job: BlockJob) -> Callable[[], bool]:
         event = Event(job.cancel_event)
     except (ImportError, ValueError):
         return lambda: False
-    last = [0.0, False]
+    last_poll = [0.0]
+    stopped = [False]
 
     def check() -> bool:
         now = time.monotonic()
-        if now - last[0] > CANCEL_POLL_SECONDS:
-            last[0] = now
+        if now - last_poll[0] > CANCEL_POLL_SECONDS:
+            last_poll[0] = now
             try:
-                last[1] = bool(event.is_set())
+                stopped[0] = bool(event.is_set())
             except Exception:  # the scheduler is gone: stop
-                last[1] = True
-        return last[1]
+                stopped[0] = True
+        return stopped[0]
 
     return check
 

@@ -146,7 +146,7 @@ def _open_pairs(images: list[Any], annotations: list[Any], channel_axis: int | N
         what = _label(i, n)
         a = open_annotations(ann, what)
         s = open_training_image(img, a.shape, channel_axis, what)
-        if expected is not None and s.n_channels != expected:
+        if model is not None and s.n_channels != expected:
             raise SemSegError(f"{what} has {s.n_channels} channel(s) but the model to fine-tune "
                               f"expects {expected} ({', '.join(model.metadata.channel_names)}); "
                               "train a new model (model=None) or give matching images")
@@ -176,8 +176,8 @@ def _class_count(index: AnnotationIndex, model: SemSegModel | None,
             raise SemSegError(f"annotations use class {top} but class_names lists only {k} "
                               "classes; give one name per class")
         raise SemSegError(f"annotations use class {top} but the model has {k} classes "
-                          f"({', '.join(model.metadata.class_names)}); pass class_names with "
-                          f"{top} names to add classes to it")
+                          f"({', '.join(model.metadata.class_names if model else [])}); "
+                          f"pass class_names with {top} names to add classes to it")
     if k_model is not None and k < k_model:
         raise SemSegError(f"class_names lists {k} classes but the model has {k_model}; a model "
                           "can gain classes but not lose them")

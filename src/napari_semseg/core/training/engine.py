@@ -117,7 +117,7 @@ class Trainer:
         self._peaks = {name: [g["lr"] for g in opt.param_groups]
                        for name, opt in self.task.optimizers().items()}
         if self.resume is not None:
-            restore_optimizers(self.task.optimizers(), saved, tensors)
+            restore_optimizers(self.task.optimizers(), *self.resume)
             restore_modules(self.task.modules(), tensors)
         loop.metrics = dict(loop.best_metrics)
         self._call("on_start", loop)

@@ -133,7 +133,11 @@ class Task(Protocol):
 
     def set_training_record(self, model: nn.Module, record: dict[str, Any]) -> None:
         """Store the training record in ``model`` (by default in ``model.metadata.training``)."""
-        model.metadata.training = record
+        metadata = model.metadata
+        if not hasattr(metadata, "training"):
+            raise TypeError(f"{type(model).__name__} has no model metadata; override "
+                            "set_training_record for it")
+        metadata.training = record
 
     def close(self) -> None:
         """Release what the run holds (device memory); called at the end of every run."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ...errors import SemSegError
 from ..state import LoopState
+from ..task import Task
 from .base import Callback
 
 
@@ -43,6 +44,7 @@ class AnnotationFeed:
         return pending
 
 
+@runtime_checkable
 class TakesAnnotations(Protocol):
     """A task that can switch to new annotations between epochs."""
 
@@ -61,10 +63,13 @@ class UseNewAnnotations(Callback):
     def __init__(self, feed: AnnotationFeed) -> None:
         self.feed = feed
 
-    def on_epoch_start(self, loop: LoopState, task: TakesAnnotations) -> None:
+    def on_epoch_start(self, loop: LoopState, task: Task) -> None:
         pending = self.feed.take()
         if pending is None:
             return
+        if not isinstance(task, TakesAnnotations):
+            raise TypeError(f"{type(task).__name__} cannot take new annotations "
+                            "(it has no use_annotations method)")
         try:
             task.use_annotations(pending)
         except SemSegError as exc:

@@ -30,23 +30,29 @@ class ThreadTuning(Callback):
         self.tune, self.threads = tune, threads
         self.tuner: ThreadTuner | None = None
 
+    @property
+    def _tuner(self) -> ThreadTuner:
+        if self.tuner is None:
+            raise RuntimeError("the thread tuner is made in on_start, called before any step")
+        return self.tuner
+
     def on_start(self, loop: LoopState, task: Task) -> None:
         self.tuner = ThreadTuner(self.tune, self.threads)
         loop.info["threads"] = self.tuner.describe()
 
     def on_step_start(self, loop: LoopState, task: Task) -> None:
-        self.tuner.before_step()
+        self._tuner.before_step()
 
     def on_step_end(self, loop: LoopState, task: Task) -> None:
-        self.tuner.after_step(loop.step_seconds)
+        self._tuner.after_step(loop.step_seconds)
 
     def on_epoch_end(self, loop: LoopState, task: Task) -> None:
-        loop.info["threads"] = self.tuner.describe()
-        if self.tuner.enabled:
+        loop.info["threads"] = self._tuner.describe()
+        if self._tuner.enabled:
             loop.notes.append(f" [{loop.info['threads']}]")
 
     def on_end(self, loop: LoopState, task: Task, model: Any) -> None:
-        loop.info["threads"] = self.tuner.describe()
+        loop.info["threads"] = self._tuner.describe()
 
     def on_close(self, loop: LoopState, task: Task) -> None:
         if self.tuner is not None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from ...augment import AugmentConfig, augment_batch, draw_zoom, rescale
 from ...device import autocast, free_memory, precision_name
@@ -63,7 +64,8 @@ def _padded(img: np.ndarray, stride: int) -> np.ndarray:
     ph = round_up(img.shape[1], stride) - img.shape[1]
     pw = round_up(img.shape[2], stride) - img.shape[2]
     if ph or pw:
-        mode = "reflect" if ph < img.shape[1] and pw < img.shape[2] else "edge"
+        mode: Literal["reflect", "edge"] = (
+            "reflect" if ph < img.shape[1] and pw < img.shape[2] else "edge")
         img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode=mode)
     return img
 
@@ -143,6 +145,9 @@ class SegmentationTask(Task):
                  origin: dict[str, Any] | None = None) -> None:
         self.net, self.data, self.settings, self.device = net, data, settings, device
         self.loss_fn, self.origin = loss_fn, origin
+        if net.metadata.normalization is None:
+            raise SemSegError("the model to train has no normalization; "
+                              "make the task with create()")
         self.norm: Normalization = net.metadata.normalization
         self.aug = augmentation(settings)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -191,6 +196,8 @@ class SegmentationTask(Task):
         return self.net
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self.optimizer is None:
+            raise RuntimeError("the optimizer is made in start(), before any step or checkpoint")
         return {"model": self.optimizer}
 
     def begin_epoch(self, epoch: int) -> None:
@@ -202,6 +209,8 @@ class SegmentationTask(Task):
 
     def step(self, loop: LoopState) -> StepResult:
         s = self.settings
+        if self.gen is None or self.sampler is None or self.optimizer is None:
+            raise RuntimeError("step() before start() and begin_epoch()")
         zoom = draw_zoom(self.aug, self.gen)
         x, y = read_batch(self.sampler, self.norm, s.batch_size, s.patch_size, zoom)
         x, y = x.to(self.device), y.to(self.device)
@@ -223,7 +232,9 @@ class SegmentationTask(Task):
                       self.settings.amp)
         return scores(cm, self.data.class_names)
 
-    def save(self, model: SemSegModel, path: Path) -> None:
+    def save(self, model: nn.Module, path: Path) -> None:
+        if not isinstance(model, SemSegModel):
+            raise TypeError(f"a segmentation task saves SemSegModels, not {type(model).__name__}")
         save_model(model, path)
 
     def state(self) -> dict[str, Any]:
