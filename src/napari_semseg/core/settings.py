@@ -14,12 +14,16 @@ derived from it; :func:`option_fields` gives the resolved view (type, default, m
 from __future__ import annotations
 
 import functools
+import json
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .errors import SemSegError
+
+_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,22 @@ ENCODERS = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "efficientnet-b0
             "timm-regnety_002", "mit_b0", "densenet121", "vgg11")
 
 
+def bundled_start_names() -> tuple[str, ...]:
+    """Names of the encoder starts shipped with the package (read from the weights manifest,
+    without importing torch)."""
+    try:
+        return tuple(sorted(json.loads((_WEIGHTS / "manifest.json").read_text())))
+    except (OSError, ValueError):
+        return ()
+
+
+AUTO_START = "auto"
+NO_START = ("none", "random", "")  # spellings of "random initialisation" in text fields
+# the start "auto" picks for an encoder (others start from random weights)
+DEFAULT_STARTS = {"mobilenet_v2": "mobilenet_v2-imagenet"}
+START_CHOICES = (AUTO_START, *bundled_start_names(), "imagenet", "none")
+
+
 @dataclass
 class PredictSettings:
     """Settings of tiled prediction (:func:`napari_semseg.segment`)."""
@@ -222,8 +242,17 @@ class TrainSettings:
     """Settings of training (:func:`napari_semseg.train`)."""
 
     arch: str = _opt("unet", "architecture: unet, unetplusplus, fpn, deeplabv3plus, segformer, ...")
-    encoder: str = _opt("resnet18", "any segmentation-models-pytorch encoder name",
+    encoder: str = _opt("mobilenet_v2", "any segmentation-models-pytorch encoder name",
                         suggestions=ENCODERS)
+    encoder_weights: str | None = _opt(
+        AUTO_START, "where a new model's encoder starts: 'auto' (the bundled start of the "
+                    "encoder if there is one, " + ", ".join(
+                        f"{k}: {v}" for k, v in DEFAULT_STARTS.items()) + "; else random), "
+                    "'none' (random), a bundled start (" + (", ".join(bundled_start_names())
+                                                            or "none installed") + "), a path "
+                    "to a .safetensors file of encoder weights, or 'imagenet' (smp's download, "
+                    "online only); inputs are normalized as the start expects",
+        suggestions=START_CHOICES)
     encoder_depth: int | None = _opt(4, "encoder stages used by Unet, Unet++ and MAnet (1-5; "
                                         "fewer is faster, with less context)",
                                      minimum=1, maximum=5)
@@ -289,6 +318,9 @@ class TrainSettings:
     def validated(self) -> TrainSettings:
         """Return self after checking value ranges; raise :class:`SemSegError` otherwise."""
         check_ranges(self)
+        if isinstance(self.encoder_weights, str) and \
+                self.encoder_weights.strip().lower() in NO_START:
+            self.encoder_weights = None
         if self.resume and not self.checkpoint:
             raise SemSegError("--resume needs --checkpoint (the file to continue from)")
         return self

@@ -35,6 +35,7 @@ from .training.checkpoint import SavedState, read_checkpoint_state, write_checkp
 from .training.data import (TrainData, estimate_training_normalization, open_annotations,
                             open_training_image, prepare_data)
 from .training.engine import Trainer, one_cycle
+from .training.starts import check_start_setting
 from .training.state import Budget, TrainProgress
 from .training.tasks.segmentation import (MAX_VALIDATION_BLOCKS, SegmentationTask, arch_options,
                                           validate)
@@ -107,6 +108,8 @@ def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = N
     device = resolve_device(settings.device)
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
     base, resume = _starting_point(settings, checkpoint, model)
+    if base is None:
+        check_start_setting(settings)  # a bad start is one line before any data is read
     block = max(32, settings.patch_size // 2)
     data = prepare_data(images, annotations, channel_axis=channel_axis, block=block, model=base,
                         class_names=class_names, class_colors=class_colors, seed=settings.seed)
@@ -120,7 +123,7 @@ def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = N
 
 
 def train(images: Any, annotations: Any, *, model: SemSegModel | str | os.PathLike | None = None,
-          arch: str = "unet", encoder: str = "resnet18", epochs: int | None = None,
+          arch: str = "unet", encoder: str = "mobilenet_v2", epochs: int | None = None,
           time_budget: float | None = None, device: str = "auto", validation: float = 0.2,
           seed: int = 0, callback: Callable[[TrainProgress], Any] | None = None,
           settings: TrainSettings | None = None, **options: Any) -> SemSegModel:
@@ -138,7 +141,16 @@ def train(images: Any, annotations: Any, *, model: SemSegModel | str | os.PathLi
         None to build ``arch``/``encoder`` from scratch, or a model / model file to fine-tune or
         continue (pass ``class_names`` with more names to add classes).
     arch, encoder
-        Architecture and encoder of a new model (see :class:`TrainSettings`).
+        Architecture and encoder of a new model (see :class:`TrainSettings`); the default is
+        a Unet on MobileNetV2 (depth 4) whose encoder starts from the bundled ImageNet
+        weights.
+    encoder_weights (keyword option)
+        Where a new model's encoder starts: ``"auto"`` (default: the bundled start of the
+        encoder, random for encoders without one), ``None`` (random), a bundled start
+        (:func:`napari_semseg.core.pretrained.list_starts`), a ``.safetensors`` file of
+        encoder weights, or ``"imagenet"`` (smp's download, online only). Checked before any
+        work; the model's inputs are normalized as the start expects and its metadata records
+        the start (``metadata.start``). Ignored when fine-tuning ``model``.
     epochs, time_budget
         Number of epochs and/or a wall-clock budget in seconds (whichever ends first).
     device

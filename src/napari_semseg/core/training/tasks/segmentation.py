@@ -26,11 +26,13 @@ from ...malloc import tune_malloc
 from ...metrics import confusion_matrix, scores
 from ...models import SemSegModel, add_classes, arch_kwargs, build_model, save_model
 from ...normalize import Normalization
+from ...pretrained import start_normalization
 from ...sampling import AnnotationIndex, PatchSampler, split_blocks
 from ...settings import TrainSettings
 from ...tiling import round_up
 from ..data import TrainData, describe_sources, estimate_training_normalization, read_batch
 from ..data import refresh as refresh_data
+from ..starts import chosen_start
 from ..state import LoopState
 from ..task import StepResult, Task
 
@@ -103,16 +105,21 @@ def validate(model: SemSegModel, data: TrainData, blocks: list[Block], norm: Nor
 
 
 def _new_model(data: TrainData, settings: TrainSettings) -> SemSegModel:
+    """A new model from the settings' start, its normalization matching what the start
+    expects (the start's input mean/std folded into the percentile normalization)."""
     norm = estimate_training_normalization(data.images, settings.normalization,
                                            seed=settings.seed)
     n_channels = data.images[0].n_channels
     channel_names = [f"channel {c}" for c in range(n_channels)]
     if n_channels == 3:
         channel_names = ["red", "green", "blue"]
-    return build_model(settings.arch, settings.encoder, n_channels, data.n_classes,
-                       class_names=data.class_names, class_colors=data.class_colors,
-                       channel_names=channel_names, normalization=norm,
-                       **arch_options(settings))
+    model = build_model(settings.arch, settings.encoder, n_channels, data.n_classes,
+                        encoder_weights=chosen_start(settings),
+                        class_names=data.class_names, class_colors=data.class_colors,
+                        channel_names=channel_names, normalization=norm,
+                        **arch_options(settings))
+    model.metadata.normalization = start_normalization(norm, model.metadata.start)
+    return model
 
 
 def _origin(model: SemSegModel) -> dict[str, Any]:
