@@ -273,6 +273,16 @@ class TrainSettings:
                                 minimum=0.0, exclusive_minimum=True, step=1e-4,
                                 widget_maximum=1.0)
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    encoder_lr: float = _opt(1.0, "learning rate of the encoder relative to learning_rate "
+                                  "(below 1 changes pretrained features more slowly)",
+                             minimum=0.0, maximum=1.0, step=0.05)
+    encoder_bn: str = _opt("train", "BatchNorm of the encoder: 'train' (batch statistics) or "
+                                    "'frozen' (the start's running statistics, eval mode; "
+                                    "steadier with tiny batches)",
+                           choices=("train", "frozen"))
+    frozen_encoder: float = _opt(0.0, "fraction of the run that trains the decoder only, "
+                                      "the encoder fixed (decoder first, then everything)",
+                                 minimum=0.0, maximum=1.0, exclusive_maximum=True)
     validation: float = _opt(0.2, "fraction of annotated pixels held out by region (blocks) for "
                                   "validation (0 disables validation)",
                              minimum=0.0, maximum=1.0, exclusive_maximum=True)
