@@ -29,8 +29,9 @@ from .device import resolve_device
 from .models import UNET_FAMILY, SemSegModel, add_classes, as_model, load_model
 from .progress import drive
 from .settings import TrainSettings, merge
-from .training.callbacks import (AnnotationFeed, Callback, Checkpoint, EarlyStopping, Preview,
-                                 Provenance, ThreadTuning, UseNewAnnotations, Validation)
+from .training.callbacks import (AnnotationFeed, Callback, Checkpoint, EarlyStopping,
+                                 FirstAnswer, Preview, Provenance, ThreadTuning,
+                                 UseNewAnnotations, Validation)
 from .training.checkpoint import SavedState, read_checkpoint_state, write_checkpoint
 from .training.data import (TrainData, estimate_training_normalization, open_annotations,
                             open_training_image, prepare_data)
@@ -59,15 +60,18 @@ def training_budget(settings: TrainSettings) -> Budget:
 
 
 def segmentation_callbacks(settings: TrainSettings, device: torch.device, budget: Budget,
-                           checkpoint: Path | None, feed: AnnotationFeed | None
-                           ) -> list[Callback]:
-    """The callbacks of a segmentation run, in the order they must run."""
+                           checkpoint: Path | None, feed: AnnotationFeed | None,
+                           new_model: bool = True) -> list[Callback]:
+    """The callbacks of a segmentation run, in the order they must run (the first answer only
+    for a new model)."""
     callbacks: list[Callback] = []
     if device.type == "cpu":  # tune threads only where reproducibility does not depend on it
         tune = budget.epochs is None and budget.time_budget is not None
         callbacks.append(ThreadTuning(tune, settings.threads))
     if feed is not None:
         callbacks.append(UseNewAnnotations(feed))
+    if settings.first_answer and new_model:
+        callbacks.append(FirstAnswer(settings.time_budget, settings.seed))
     callbacks.append(Validation("mean_iou", "mean IoU"))
     if settings.early_stopping is not None:
         callbacks.append(EarlyStopping(settings.early_stopping))
@@ -116,7 +120,8 @@ def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = N
     torch.manual_seed(settings.seed)
     task = SegmentationTask.create(data, settings, device, base)
     budget = training_budget(settings)
-    callbacks = segmentation_callbacks(settings, device, budget, checkpoint, feed)
+    callbacks = segmentation_callbacks(settings, device, budget, checkpoint, feed,
+                                       new_model=base is None)
     trainer = Trainer(task, budget, callbacks, should_stop=should_stop, resume=resume,
                       monitor="mean_iou")
     return trainer.run()

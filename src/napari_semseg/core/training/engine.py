@@ -14,7 +14,7 @@ typed :class:`~.state.LoopState`. What varies plugs in:
 The loop::
 
     task.start(saved); restore optimizers/modules when resuming; callbacks.on_start
-    yield the opening event
+    yield the opening event (with loop.preview if a callback set one, e.g. a first answer)
     until the budget is spent, the run is cancelled or stopped early:
         callbacks.on_epoch_start; task.begin_epoch(epoch)
         steps_per_epoch times: callbacks.on_step_start; set learning rates from the schedule;
@@ -22,7 +22,8 @@ The loop::
             stop after this step if should_stop() or the budget is spent
         epoch += 1; callbacks.on_epoch_end; append to history; callbacks.after_epoch
         yield the epoch's closing event (with loop.preview)
-    model = task.export(best weights); callbacks.on_end(model); return model
+    model = loop.best_model if a callback left one that validated best, else
+            task.export(best weights); callbacks.on_end(model); return model
     finally: callbacks.on_close; task.close()
 
 To add a kind of training, write a task module under :mod:`.tasks` and a facade that builds the
@@ -93,13 +94,14 @@ class Trainer:
         loop = LoopState(self.budget)
         try:
             self._start(loop)
-            yield self._event(loop, math.nan, loop.elapsed_before, None)
+            yield self._opening_event(loop)
             while not self._finished(loop):
                 self._call("on_epoch_start", loop)
                 self.task.begin_epoch(loop.epoch)
                 yield from self._steps(loop)
                 yield self._close_epoch(loop)
-            model = self.task.export(loop.best_weights)
+            model = loop.best_model if loop.best_model is not None \
+                else self.task.export(loop.best_weights)
             self._call("on_end", loop, model)
             return model
         finally:
@@ -169,6 +171,13 @@ class Trainer:
         return event
 
     # ------------------------------------------------------------------ helpers
+
+    def _opening_event(self, loop: LoopState) -> TrainProgress:
+        """The first event; it carries the model a callback prepared at the start (a first
+        answer), if any."""
+        event = self._event(loop, math.nan, loop.elapsed(), None)
+        event.model, loop.preview = loop.preview, None
+        return event
 
     def _set_learning_rates(self, fraction: float) -> None:
         for name, optimizer in self.task.optimizers().items():
