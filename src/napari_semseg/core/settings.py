@@ -258,9 +258,10 @@ class TrainSettings:
                                      minimum=1, maximum=5)
     decoder_channels: str | None = _opt("64,32,16,16", "Unet/Unet++/MAnet decoder widths, "
                                                        "comma-separated, one per encoder stage")
-    first_answer: bool = _opt(True, "for a new model, first fit a head on frozen pretrained "
-                                    "features (seconds): the first preview, and the model "
-                                    "returned if the CNN does not validate better")
+    first_answer: bool | None = _opt(
+        None, "for a new model, first fit a head on frozen pretrained features (seconds): the "
+              "first preview, and the model returned if the CNN does not validate better "
+              "; unset, it is on for runs bounded only by time_budget and off with epochs")
     epochs: int | None = _opt(None, "number of epochs (default: until time_budget, else 50)",
                               minimum=1, widget_maximum=10000)
     time_budget: float | None = _opt(None, "wall-clock budget in seconds",

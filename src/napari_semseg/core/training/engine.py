@@ -15,7 +15,8 @@ The loop::
 
     task.start(saved); restore optimizers/modules when resuming; callbacks.on_start
     yield the opening event (with loop.preview if a callback set one, e.g. a first answer)
-    until the budget is spent, the run is cancelled or stopped early:
+    until the budget is spent (a new run makes at least one step), the run is cancelled or
+    stopped early:
         callbacks.on_epoch_start; task.begin_epoch(epoch)
         steps_per_epoch times: callbacks.on_step_start; set learning rates from the schedule;
             task.step(loop); count; callbacks.on_step_end; yield a step event;
@@ -125,8 +126,12 @@ class Trainer:
         self._call("on_start", loop)
 
     def _finished(self, loop: LoopState) -> bool:
+        """Whether the run is over; a new run always makes its first step and epoch, even when
+        its time went to the start (a first answer), so that something is validated."""
         epochs = self.budget.epochs
-        return loop.stop or (epochs is not None and loop.epoch >= epochs) or loop.out_of_time()
+        if loop.stop or (epochs is not None and loop.epoch >= epochs):
+            return True
+        return loop.step > 0 and loop.out_of_time()
 
     def _steps(self, loop: LoopState) -> Generator[TrainProgress, None, None]:
         loop.epoch_loss, loop.epoch_steps = 0.0, 0

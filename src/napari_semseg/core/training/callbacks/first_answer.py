@@ -90,30 +90,39 @@ class FirstAnswer(Callback):
     seed
         Seed of the pixel sample and the head.
 
-    It validates itself in ``on_start`` (place it before the callbacks that use ``loop.best``);
-    the task must be a segmentation task (``data``, ``net``, ``val_blocks``, ``val_eval``,
+    It validates the first answer at the end of the first epoch (place it before
+    :class:`~.validation.Validation`, which then compares the CNN with it); the task must be a
+    segmentation task (``data``, ``net``, ``val_blocks``, ``val_eval``,
     ``device``).
     """
 
     def __init__(self, time_budget: float | None, seed: int = 0) -> None:
         self.time_budget, self.seed = time_budget, seed
         self.model: Any = None
+        self.fit_s = 0.0
+        self.validated = False
 
     def on_start(self, loop: LoopState, task: Any) -> None:
         if loop.step > 0:  # resuming: the CNN is past its first answer
             return
         started = time.perf_counter()
-        model = self._fit(task)
-        score = self._validate(model, task)
-        self.model = model
-        loop.preview = model
-        text = f"first answer (feature head) in {time.perf_counter() - started:.1f} s"
-        if score is not None:
-            loop.best, loop.best_metrics, loop.best_model = score["mean_iou"], score, model
-            text += f", validation mean IoU {score['mean_iou']:.3f}"
-        loop.info["first_answer"] = {"fit_s": round(time.perf_counter() - started, 2),
-                                     "mean_iou": score["mean_iou"] if score else None}
-        loop.say(text)
+        self.model = self._fit(task)
+        self.fit_s = round(time.perf_counter() - started, 2)
+        loop.preview = self.model  # the opening event carries it: shown before any CNN step
+        loop.info["first_answer"] = {"fit_s": self.fit_s, "mean_iou": None}
+        loop.say(f"first answer (feature head) in {self.fit_s:.1f} s")
+
+    def on_epoch_end(self, loop: LoopState, task: Any) -> None:
+        """Validate the first answer once, before the CNN's first validation compares with it."""
+        if self.model is None or self.validated:
+            return
+        self.validated = True
+        score = self._validate(self.model, task)
+        if score is None:
+            return
+        loop.best, loop.best_metrics, loop.best_model = score["mean_iou"], score, self.model
+        loop.info["first_answer"]["mean_iou"] = score["mean_iou"]
+        loop.notes.append(f", first answer {score['mean_iou']:.3f}")
 
     def _fit(self, task: Any) -> Any:
         data = task.data
