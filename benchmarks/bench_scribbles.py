@@ -12,10 +12,11 @@ ground truth of (at most ``--test-limit``) held-out images:
 - ``rf``: the ilastik/Labkit-style baseline, scikit-image ``multiscale_basic_features``
   (sigma 0.5-16) and a scikit-learn ``RandomForestClassifier`` (100 trees), not time-limited;
 - ``random``: :func:`napari_semseg.train` with the old default (Unet-resnet18, depth 4,
-  random initialisation), ``--budget`` seconds;
+  random initialisation), ``--budget`` seconds, the CNN alone (``first_answer=False``);
 - ``imagenet``: the same budget, Unet-MobileNetV2 (depth 4) from the bundled ImageNet start;
 - ``generalist``: the same from the bundled generalist start (when it is installed);
-- ``answer10``: ``train(..., time_budget=10)`` with the library defaults (the first answer).
+- ``answer10``: ``train(..., time_budget=10)`` with the library defaults: the first answer
+  (feature head), then the CNN, whichever validates better is returned.
 
 Each CNN run records steps, patches/s, the training time and the time to its first preview
 (the first progress event that carries a model). The machine may be shared: the load average
@@ -85,12 +86,16 @@ DATASETS = {
 LOADERS = {"em": em, "aerial": lambda key: aerial(*key), "usiigaci": usiigaci, "hotosm": hotosm}
 FOLDER_KIND = {"usiigaci_phase_contrast": "usiigaci", "hotosm_fair_buildings": "hotosm"}
 
+# the CNN methods train the CNN alone (no first answer competes with it); answer10 is the
+# library's default run, first answer included
 OLD_DEFAULT = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 4,
-               "decoder_channels": "64,32,16,16"}
+               "decoder_channels": "64,32,16,16", "first_answer": False}
 CNN_METHODS = {
     "random": OLD_DEFAULT,
-    "imagenet": {"encoder": "mobilenet_v2", "encoder_weights": "mobilenet_v2-imagenet"},
-    "generalist": {"encoder": "mobilenet_v2", "encoder_weights": "mobilenet_v2-generalist"},
+    "imagenet": {"encoder": "mobilenet_v2", "encoder_weights": "mobilenet_v2-imagenet",
+                 "first_answer": False},
+    "generalist": {"encoder": "mobilenet_v2", "encoder_weights": "mobilenet_v2-generalist",
+                   "first_answer": False},
     "answer10": {},
 }
 METHODS = ("rf", *CNN_METHODS)
