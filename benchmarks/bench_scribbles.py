@@ -234,9 +234,11 @@ def markdown(results: dict) -> str:
              "The machine was shared with other jobs: the 1-minute load average "
              f"(`os.getloadavg()`, {results.get('cpus', '?')} CPUs) was "
              f"{results.get('load_start', '?')} at the start and {results.get('load_end', '?')} "
-             "at the end; the column *load* gives it before each seed's run. A wall-clock budget "
-             "buys fewer steps on a loaded machine, so compare methods within one data set "
-             "(they ran back to back).", ""]
+             "at the end (the highest of the parallel runs); the column *load* gives it before "
+             "each seed's run. A wall-clock budget buys fewer steps on a loaded machine, so "
+             "compare methods within one data set (they ran back to back)."
+             + (f" The data sets ran as {results['parallel_runs']} processes in parallel."
+                if results.get("parallel_runs", 1) > 1 else ""), ""]
     for name, r in results["datasets"].items():
         m = r["methods"]
         rf = m.get("rf", {}).get("mean_iou")
@@ -296,6 +298,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="TrainSettings override for the CNN methods, e.g. learning_rate=1e-3")
     ap.add_argument("--output", default=str(RESULTS / "scribbles"), help="path without suffix")
     ap.add_argument("--merge", action="store_true", help="add to the existing JSON at --output")
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="only combine the results of runs done in parallel (one data set "
+                         "each) into --output")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     for what, given, known in (("method", args.methods, METHODS),
@@ -324,8 +329,25 @@ def write(results: dict, args) -> None:
     out.with_suffix(".md").write_text(markdown(results))
 
 
+def combine(paths: list[str]) -> dict:
+    """One result from several runs (each with its own data sets), with every run's loads."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    out = {k: v for k, v in parts[0].items() if k != "datasets"}
+    out["datasets"] = {name: entry for part in parts for name, entry in part["datasets"].items()}
+    out["load_start"] = max((p["load_start"] for p in parts), key=lambda x: x[0])
+    out["load_end"] = max((p.get("load_end", p["load_start"]) for p in parts),
+                          key=lambda x: x[0])
+    out["parallel_runs"] = len(parts)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        results = combine(args.combine)
+        write(results, args)
+        print(markdown(results))
+        return 0
     if not DATA.exists():
         print(f"benchmark data not found at {DATA}", file=sys.stderr)
         return 1
