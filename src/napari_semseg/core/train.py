@@ -59,6 +59,14 @@ def training_budget(settings: TrainSettings) -> Budget:
     return Budget(epochs, settings.steps_per_epoch, settings.time_budget)
 
 
+def first_answer_wanted(settings: TrainSettings) -> bool:
+    """Whether a new model's run begins with a first answer (default: when only a time
+    budget bounds it)."""
+    if settings.first_answer is not None:
+        return settings.first_answer
+    return settings.epochs is None and settings.time_budget is not None
+
+
 def segmentation_callbacks(settings: TrainSettings, device: torch.device, budget: Budget,
                            checkpoint: Path | None, feed: AnnotationFeed | None,
                            new_model: bool = True) -> list[Callback]:
@@ -70,7 +78,7 @@ def segmentation_callbacks(settings: TrainSettings, device: torch.device, budget
         callbacks.append(ThreadTuning(tune, settings.threads))
     if feed is not None:
         callbacks.append(UseNewAnnotations(feed))
-    if settings.first_answer and new_model:
+    if first_answer_wanted(settings) and new_model:
         callbacks.append(FirstAnswer(settings.time_budget, settings.seed))
     callbacks.append(Validation("mean_iou", "mean IoU"))
     if settings.early_stopping is not None:
