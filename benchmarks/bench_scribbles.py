@@ -333,7 +333,11 @@ def combine(paths: list[str]) -> dict:
     """One result from several runs (each with its own data sets), with every run's loads."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     out = {k: v for k, v in parts[0].items() if k != "datasets"}
-    out["datasets"] = {name: entry for part in parts for name, entry in part["datasets"].items()}
+    out["datasets"] = {}
+    for part in parts:  # methods of one data set may come from several runs
+        for name, entry in part["datasets"].items():
+            merged = out["datasets"].setdefault(name, {**entry, "methods": {}})
+            merged["methods"].update(entry["methods"])
     out["load_start"] = max((p["load_start"] for p in parts), key=lambda x: x[0])
     out["load_end"] = max((p.get("load_end", p["load_start"]) for p in parts),
                           key=lambda x: x[0])
