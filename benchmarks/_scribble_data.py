@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image
 
 
-
 def _data_folder() -> Path:
     """``$SEMSEG_BENCH_DATA``, else ``shared/data`` next to the checkout (or next to a folder
     above it, for worktrees)."""

@@ -43,11 +43,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _scribble_data import (AERIAL_NAMES, BUILDING_NAMES, DATA, EM_NAMES,  # noqa: E402
-                            USIIGACI_NAMES, aerial, em, hotosm, split_ids, usiigaci)
+from _scribble_data import (
+    AERIAL_NAMES,
+    BUILDING_NAMES,
+    DATA,
+    EM_NAMES,
+    USIIGACI_NAMES,
+    aerial,
+    em,
+    hotosm,
+    split_ids,
+    usiigaci,
+)
 
-from napari_semseg.core.metrics import confusion_matrix, scores  # noqa: E402
-from napari_semseg.core.scribbles import make_scribbles  # noqa: E402
+from napari_semseg.core.metrics import confusion_matrix, scores
+from napari_semseg.core.scribbles import make_scribbles
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HOTOSM_TRAIN = ["fair_a1_1277176_1083846", "fair_a1_1277172_1083842", "fair_a1_1277170_1083844",
@@ -129,7 +139,8 @@ def load_average() -> list[float]:
 
 
 def run_cnn(train, labels, test, names, budget, overrides, device):
-    from napari_semseg import segment, train as train_model
+    from napari_semseg import segment
+    from napari_semseg import train as train_model
 
     first = {}
     t0 = time.perf_counter()

@@ -140,7 +140,7 @@ def test_cli_encoder_weights(tmp_path, capsys):
 
 
 def test_first_answer_is_previewed_first_and_a_short_budget_returns_a_usable_model(tmp_path):
-    img, dense, scribbles = blobs(size=128)
+    img, _, scribbles = blobs(size=128)
     settings = dict(FAST, epochs=None, time_budget=1.0)
     job = iter_train(img, scribbles, first_answer=True, **settings)
     events = []

@@ -29,17 +29,35 @@ from .device import resolve_device
 from .models import UNET_FAMILY, SemSegModel, add_classes, as_model, load_model
 from .progress import drive
 from .settings import TrainSettings, merge
-from .training.callbacks import (AnnotationFeed, Callback, Checkpoint, EarlyStopping,
-                                 FirstAnswer, Preview, Provenance, ThreadTuning,
-                                 UseNewAnnotations, Validation)
+from .training.callbacks import (
+    AnnotationFeed,
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    FirstAnswer,
+    Preview,
+    Provenance,
+    ThreadTuning,
+    UseNewAnnotations,
+    Validation,
+)
 from .training.checkpoint import SavedState, read_checkpoint_state, write_checkpoint
-from .training.data import (TrainData, estimate_training_normalization, open_annotations,
-                            open_training_image, prepare_data)
+from .training.data import (
+    TrainData,
+    estimate_training_normalization,
+    open_annotations,
+    open_training_image,
+    prepare_data,
+)
 from .training.engine import Trainer, one_cycle
 from .training.starts import check_start_setting
 from .training.state import Budget, TrainProgress
-from .training.tasks.segmentation import (MAX_VALIDATION_BLOCKS, SegmentationTask, arch_options,
-                                          validate)
+from .training.tasks.segmentation import (
+    MAX_VALIDATION_BLOCKS,
+    SegmentationTask,
+    arch_options,
+    validate,
+)
 
 DEFAULT_EPOCHS = 50
 
