@@ -225,7 +225,7 @@ LABELS = {"rf": "random forest (multiscale filters)", "random": "Unet-resnet18, 
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    return "-" if v is None else f"{v:g}"
 
 
 def _spread(v: dict) -> str:
