@@ -1,13 +1,28 @@
-"""Data for the scribble benchmark (ISBI 2012 EM, Dubai aerial) from ../shared/data."""
+"""Data for the scribble benchmark from ../shared/data: ISBI 2012 EM, Dubai aerial, and two sets
+the generalist encoder never saw (Usiigaci phase contrast, HOT fAIr drone buildings)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+def _data_folder() -> Path:
+    """``$SEMSEG_BENCH_DATA``, else ``shared/data`` next to the checkout (or next to a folder
+    above it, for worktrees)."""
+    if os.environ.get("SEMSEG_BENCH_DATA"):
+        return Path(os.environ["SEMSEG_BENCH_DATA"])
+    here = Path(__file__).resolve()
+    for parent in here.parents[1:]:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return here.parents[1].parent / "shared" / "data"
+
+
+DATA = _data_folder()
 EM_NAMES = ["membrane", "interior"]
 AERIAL_NAMES = ["building", "land", "road", "vegetation", "water", "unlabeled"]
 
@@ -26,3 +41,40 @@ def aerial(tile: int, part: int) -> tuple[np.ndarray, np.ndarray]:
     lab = m.astype(np.int16) + 1
     lab[m == 255] = 0
     return img, lab.astype(np.uint8)
+
+
+USIIGACI_NAMES = ["background", "cell"]
+BUILDING_NAMES = ["background", "building"]
+
+
+def _split(folder: str, split: str) -> list[str]:
+    """Image ids of a split in a data set's meta.csv (file order)."""
+    import csv
+
+    with open(DATA / folder / "meta.csv", newline="") as fh:
+        return [row["id"] for row in csv.DictReader(fh) if row["split"] == split]
+
+
+def _binary(folder: str, name: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Image and labels (0 background -> 1, 1 -> 2, 255 no data -> 0 = not annotated)."""
+    d = DATA / folder
+    img = np.asarray(Image.open(d / "images" / f"{name}.png").convert(mode))
+    m = np.asarray(Image.open(d / "masks" / f"{name}.png"))
+    lab = m.astype(np.int16) + 1
+    lab[m == 255] = 0
+    return img, lab.astype(np.uint8)
+
+
+def usiigaci(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A Usiigaci phase-contrast image (grey) and its labels (1 background, 2 cell)."""
+    return _binary("usiigaci_phase_contrast", name, "L")
+
+
+def hotosm(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A HOT fAIr drone image (RGB) and its labels (1 background, 2 building, 0 no data)."""
+    return _binary("hotosm_fair_buildings", name, "RGB")
+
+
+def split_ids(folder: str, split: str) -> list[str]:
+    """The ids of the suggested ``train`` or ``test`` split of a data set."""
+    return _split(folder, split)

@@ -1,31 +1,39 @@
-"""Scribble benchmark: CNN trained on seeded brush strokes vs a random forest on filter features.
+"""Scribble benchmark: CNNs from different starts trained on seeded brush strokes vs a random forest.
 
-For ISBI 2012 EM (2 classes; train on slices 0-19, test on 20-29) and Dubai aerial (6 classes,
-255 ignored; train on tiles 1-7, test on tile 8), sparse scribbles are drawn on a few training
-images with :func:`napari_semseg.core.scribbles.make_scribbles` (fixed seeds, ~1.5 % of pixels).
-Then, in the same run and on the same scribbles:
+Four data sets, each with its suggested train/test split: ISBI 2012 EM (2 classes; train on
+slices 0-19, test on 20-29), Dubai aerial (6 classes, 255 ignored; train on tiles 1-7, test on
+tile 8), and two sets the generalist encoder never saw: Usiigaci phase-contrast cells (train
+set1-45, test set46-50) and HOT fAIr drone buildings (train areas 1-3, test area 4,
+Philippines). Sparse scribbles are drawn on a few training images with
+:func:`napari_semseg.core.scribbles.make_scribbles` (fixed seeds, ~1.5 % of pixels). Then, in
+the same run and on the same scribbles, each method is scored by mean IoU against the full
+ground truth of (at most ``--test-limit``) held-out images:
 
-- **CNN**: :func:`napari_semseg.train` with the library defaults and a wall-clock budget
-  (120 s on the CPU by default), then :func:`napari_semseg.segment` on the held-out images,
-  plain and with test-time augmentation (``tta=8``);
-- **RF**: the ilastik/Labkit-style baseline, scikit-image ``multiscale_basic_features``
-  (intensity, edges, texture; sigma 0.5-16) and a scikit-learn ``RandomForestClassifier``
-  (100 trees) trained on the scribbled pixels (not time-limited);
-- **CNN dense** (reference): the same CNN training on the dense masks of the same images.
+- ``rf``: the ilastik/Labkit-style baseline, scikit-image ``multiscale_basic_features``
+  (sigma 0.5-16) and a scikit-learn ``RandomForestClassifier`` (100 trees), not time-limited;
+- ``random``: :func:`napari_semseg.train` with the old default (Unet-resnet18, depth 4,
+  random initialisation), ``--budget`` seconds, the CNN alone (``first_answer=False``);
+- ``imagenet``: the same budget, Unet-MobileNetV2 (depth 4) from the bundled ImageNet start;
+- ``generalist``: the same from the bundled generalist start (when it is installed);
+- ``answer10``: ``train(..., time_budget=10)`` with the library defaults: the first answer
+  (feature head), then the CNN, whichever validates better is returned.
 
-Each is scored by mean IoU (and per-class IoU) against the full ground truth of the held-out
-images. Results go to ``benchmarks/results/scribbles.json`` and ``.md``.
+Each CNN run records steps, patches/s, the training time and the time to its first preview
+(the first progress event that carries a model). The machine may be shared: the load average
+(``os.getloadavg()``) is recorded with every run. Results go to
+``benchmarks/results/scribbles.json`` and ``.md``; ``--merge`` adds to an existing JSON.
 
 Usage::
 
-    python benchmarks/bench_scribbles.py                      # both data sets, 120 s budget
-    python benchmarks/bench_scribbles.py --dataset em --methods cnn --set patch_size=128
+    python benchmarks/bench_scribbles.py                          # everything, 120 s budget
+    python benchmarks/bench_scribbles.py --dataset em --methods imagenet --set learning_rate=1e-3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -35,12 +43,25 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _scribble_data import AERIAL_NAMES, DATA, EM_NAMES, aerial, em  # noqa: E402
+from _scribble_data import (
+    AERIAL_NAMES,
+    BUILDING_NAMES,
+    DATA,
+    EM_NAMES,
+    USIIGACI_NAMES,
+    aerial,
+    em,
+    hotosm,
+    split_ids,
+    usiigaci,
+)
 
-from napari_semseg.core.metrics import confusion_matrix, scores  # noqa: E402
-from napari_semseg.core.scribbles import make_scribbles  # noqa: E402
+from napari_semseg.core.metrics import confusion_matrix, scores
+from napari_semseg.core.scribbles import make_scribbles
 
 RESULTS = Path(__file__).resolve().parent / "results"
+HOTOSM_TRAIN = ["fair_a1_1277176_1083846", "fair_a1_1277172_1083842", "fair_a1_1277170_1083844",
+                "fair_a2_1238426_1046546", "fair_a2_1238454_1046530", "fair_a2_1238452_1046534"]
 
 DATASETS = {
     "em": {
@@ -57,12 +78,48 @@ DATASETS = {
         "test": [("aerial", (8, p)) for p in range(1, 10)],
         "scribbles": {"fraction": 0.015, "radius": 3, "length": (40, 150)},
     },
+    "usiigaci": {
+        "title": "Usiigaci phase contrast (unseen)",
+        "names": USIIGACI_NAMES,
+        "train": [("usiigaci", f"usiigaci_set{i:02d}") for i in (1, 10, 20, 30)],
+        "test": "usiigaci_phase_contrast",
+        "scribbles": {"fraction": 0.015, "radius": 2, "length": (30, 120)},
+    },
+    "hotosm": {
+        "title": "HOT fAIr buildings (unseen)",
+        "names": BUILDING_NAMES,
+        "train": [("hotosm", name) for name in HOTOSM_TRAIN],
+        "test": "hotosm_fair_buildings",
+        "scribbles": {"fraction": 0.015, "radius": 2, "length": (30, 120)},
+    },
 }
+LOADERS = {"em": em, "aerial": lambda key: aerial(*key), "usiigaci": usiigaci, "hotosm": hotosm}
+FOLDER_KIND = {"usiigaci_phase_contrast": "usiigaci", "hotosm_fair_buildings": "hotosm"}
+
+# the CNN methods train the CNN alone (no first answer competes with it); answer10 is the
+# library's default run, first answer included
+OLD_DEFAULT = {"encoder": "resnet18", "encoder_weights": None, "encoder_depth": 4,
+               "decoder_channels": "64,32,16,16", "first_answer": False}
+CNN_METHODS = {
+    "random": OLD_DEFAULT,
+    "imagenet": {"encoder": "mobilenet_v2", "encoder_weights": "mobilenet_v2-imagenet",
+                 "first_answer": False},
+    "generalist": {"encoder": "mobilenet_v2", "encoder_weights": "mobilenet_v2-generalist",
+                   "first_answer": False},
+    "answer10": {},
+}
+METHODS = ("rf", *CNN_METHODS)
 
 
 def load(item: tuple[str, object]) -> tuple[np.ndarray, np.ndarray]:
     kind, key = item
-    return em(key) if kind == "em" else aerial(*key)
+    return LOADERS[kind](key)
+
+
+def test_items(ds: dict) -> list[tuple[str, object]]:
+    if isinstance(ds["test"], str):
+        return [(FOLDER_KIND[ds["test"]], name) for name in split_ids(ds["test"], "test")]
+    return list(ds["test"])
 
 
 def scribbles_for(ds: dict, train: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
@@ -71,58 +128,62 @@ def scribbles_for(ds: dict, train: list[tuple[np.ndarray, np.ndarray]]) -> list[
 
 def score(preds: list[np.ndarray], test: list[tuple[np.ndarray, np.ndarray]], names: list[str]) -> dict:
     k = len(names)
-    cm = sum(confusion_matrix(p, lab, k) for p, (_, lab) in zip(preds, test, strict=True))
+    cm = sum(confusion_matrix(p, lab, k) for p, (_, lab) in zip(preds, test))
     s = scores(cm, names)
     return {"mean_iou": s["mean_iou"], "accuracy": s["accuracy"],
             "iou": {n: s[f"iou/{n}"] for n in names}}
 
 
-def run_cnn(train, labels, test, names, budget, overrides, device):
-    from napari_semseg import segment, train as train_model
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
-    events = []
+
+def run_cnn(train, labels, test, names, budget, overrides, device):
+    from napari_semseg import segment
+    from napari_semseg import train as train_model
+
+    first = {}
     t0 = time.perf_counter()
+
+    def seen(event):
+        if event.model is not None and "preview_s" not in first:
+            first["preview_s"] = time.perf_counter() - t0
+
     model = train_model([img for img, _ in train], labels, time_budget=budget, device=device,
-                        class_names=names, callback=lambda e: events.append(e) if e.epoch_end
-                        else None, **overrides)
+                        class_names=names, callback=seen, **overrides)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     preds = [np.asarray(segment(img, model, device=device).labels) for img, _ in test]
     t_pred = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    preds_tta = [np.asarray(segment(img, model, device=device, tta=8).labels) for img, _ in test]
-    t_tta = time.perf_counter() - t0
     tr = model.metadata.training
-    return preds, preds_tta, {
+    start = model.metadata.start or {}
+    return preds, {
         "train_s": round(t_train, 1), "predict_s": round(t_pred, 1),
-        "predict_tta8_s": round(t_tta, 1),
-        "steps": tr["steps"], "epochs": tr["epochs"], "best_epoch": tr["best_epoch"],
-        "patches_per_s": tr["patches_per_s"],
-        "patch_size": tr["settings"]["patch_size"], "batch_size": tr["settings"]["batch_size"],
-        "validation_mean_iou": tr["best_metrics"].get("mean_iou"),
+        "first_preview_s": round(first["preview_s"], 1) if first else None,
+        "steps": tr.get("steps"), "epochs": tr.get("epochs"), "best_epoch": tr.get("best_epoch"),
+        "patches_per_s": tr.get("patches_per_s"),
+        "validation_mean_iou": (tr.get("best_metrics") or {}).get("mean_iou"),
         "model": f"{model.metadata.arch}/{model.metadata.encoder} {model.metadata.arch_kwargs}",
+        "start": start.get("name"), "returned": tr.get("returned", model.metadata.arch),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
 
 
-def _mean_scores(items: list[dict]) -> dict:
-    return {"mean_iou": float(np.mean([r["mean_iou"] for r in items])),
-            "accuracy": float(np.mean([r["accuracy"] for r in items])),
-            "iou": {k: float(np.mean([r["iou"][k] for r in items])) for k in items[0]["iou"]},
-            "runs": [r["mean_iou"] for r in items]}
-
-
 def aggregate(runs: list[dict]) -> dict:
-    """Mean scores over the seeds (``runs`` keeps each seed's mean IoU), plus the first run's
-    timing and model details with steps and patches/s averaged."""
-    out = {k: v for k, v in runs[0].items() if k != "seed"}
-    out.update(_mean_scores(runs))
-    out["per_seed"] = [{k: v for k, v in r.items() if k not in ("iou", "tta8")} for r in runs]
-    for key in ("steps", "patches_per_s"):
+    """Mean scores over the seeds (``runs`` keeps each seed's mean IoU), steps, patches/s and
+    times averaged, and each seed's record."""
+    out = {"mean_iou": float(np.mean([r["mean_iou"] for r in runs])),
+           "accuracy": float(np.mean([r["accuracy"] for r in runs])),
+           "iou": {k: float(np.mean([r["iou"][k] for r in runs])) for k in runs[0]["iou"]},
+           "runs": [r["mean_iou"] for r in runs]}
+    for key in ("steps", "patches_per_s", "train_s", "first_preview_s", "predict_s"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            out[key] = round(float(np.mean(values)), 1)
+    for key in ("model", "start", "features", "trees"):
         if key in runs[0]:
-            out[key] = round(float(np.mean([r[key] for r in runs])), 1)
-    if "tta8" in runs[0]:
-        out["tta8"] = _mean_scores([r["tta8"] for r in runs])
+            out[key] = runs[0][key]
+    out["per_seed"] = [{k: v for k, v in r.items() if k != "iou"} for r in runs]
     return out
 
 
@@ -139,7 +200,7 @@ def run_rf(train, labels, test, seed=0):
 
     t0 = time.perf_counter()
     xs, ys = [], []
-    for (img, _), lab in zip(train, labels, strict=True):
+    for (img, _), lab in zip(train, labels):
         f = rf_features(img)
         xs.append(f[lab > 0])
         ys.append(lab[lab > 0])
@@ -157,120 +218,183 @@ def run_rf(train, labels, test, seed=0):
                    "features": int(xs[0].shape[1]), "trees": 100}
 
 
+LABELS = {"rf": "random forest (multiscale filters)", "random": "Unet-resnet18, random init "
+          "(old default)", "imagenet": "Unet-MobileNetV2, ImageNet start",
+          "generalist": "Unet-MobileNetV2, generalist start", "answer10": "10-second answer "
+          "(library defaults, time_budget=10)"}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+def _spread(v: dict) -> str:
+    runs = v.get("runs", [])
+    return f" ({min(runs):.3f}-{max(runs):.3f})" if len(runs) > 1 else ""
+
+
+def _loads(v: dict) -> str:
+    loads = [r.get("load_before", [None])[0] for r in v.get("per_seed", [])]
+    return "/".join(f"{x:.1f}" for x in loads if x is not None) or "-"
+
+
 def markdown(results: dict) -> str:
     lines = ["# Scribble benchmark", "",
              f"{results['machine']}; CNN budget {results['budget_s']} s on {results['device']}; "
-             f"mean over seeds {results.get('seeds', [0])} (min-max in brackets).",
-             "CNN columns: plain prediction / with test-time augmentation (`tta=8`) from the same "
-             "model.", "", "| data set | scribbled pixels | RF mean IoU | CNN mean IoU | CNN - RF | "
-             "CNN dense (ref.) | CNN steps | patches/s |", "|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
-
-    def spread(v: dict) -> str:
-        runs = v.get("runs", [])
-        return f" ({min(runs):.3f}-{max(runs):.3f})" if len(runs) > 1 else ""
-
-    def both(v: dict) -> str:
-        if not v:
-            return "-"
-        tta = v.get("tta8", {})
-        text = fmt(v["mean_iou"]) + spread(v)
-        return text + (f" / {tta['mean_iou']:.3f}{spread(tta)}" if tta else "")
-
-    for _name, r in results["datasets"].items():
+             f"mean over seeds {results.get('seeds', [0])} (min-max in brackets). "
+             "The machine was shared with other jobs: the 1-minute load average "
+             f"(`os.getloadavg()`, {results.get('cpus', '?')} CPUs) was "
+             f"{results.get('load_start', '?')} at the start and {results.get('load_end', '?')} "
+             "at the end (the highest of the parallel runs); the column *load* gives it before "
+             "each seed's run. A wall-clock budget buys fewer steps on a loaded machine, so "
+             "compare methods within one data set (they ran back to back)."
+             + (f" The data sets ran as {results['parallel_runs']} processes in parallel."
+                if results.get("parallel_runs", 1) > 1 else ""), ""]
+    for name, r in results["datasets"].items():
         m = r["methods"]
         rf = m.get("rf", {}).get("mean_iou")
-        cnn = m.get("cnn", {})
-        diff = "-"
-        if rf is not None and cnn:
-            diff = f"{cnn['mean_iou'] - rf:+.3f}"
-            if "tta8" in cnn:
-                diff += f" / {cnn['tta8']['mean_iou'] - rf:+.3f}"
-        lines.append(f"| {r['title']} | {r['scribbled_fraction'] * 100:.2f} % | "
-                     f"{fmt(rf)}{spread(m.get('rf', {}))} | "
-                     f"{both(cnn)} | {diff} | {both(m.get('cnn_dense', {}))} | "
-                     f"{cnn.get('steps', '-')} | {cnn.get('patches_per_s', '-')} |")
-    lines += ["", "Per-class IoU:", ""]
-    for _name, r in results["datasets"].items():
-        lines.append(f"- {r['title']}:")
-        for meth, v in r["methods"].items():
-            for label, sc in ((meth, v), (f"{meth} + tta8", v.get("tta8"))):
-                if sc:
-                    per = ", ".join(f"{k} {x:.3f}" for k, x in sc["iou"].items())
-                    lines.append(f"  - {label}: {per}")
+        lines += [f"## {r['title']}", "",
+                  f"{r['train_images']} training images, {r['scribbled_fraction'] * 100:.2f} % "
+                  f"of their pixels scribbled; {r['test_images']} held-out images scored.", "",
+                  "| method | mean IoU | - RF | steps | patches/s | train s | first preview s | "
+                  "load |", "|---|---|---|---|---|---|---|---|"]
+        for meth, v in m.items():
+            diff = f"{v['mean_iou'] - rf:+.3f}" if rf is not None and meth != "rf" else "-"
+            lines.append(f"| {LABELS.get(meth, meth)} | {v['mean_iou']:.3f}{_spread(v)} | {diff} "
+                         f"| {_fmt(v.get('steps'))} | {_fmt(v.get('patches_per_s'))} | "
+                         f"{_fmt(v.get('train_s'))} | {_fmt(v.get('first_preview_s'))} | "
+                         f"{_loads(v)} |")
+        lines += ["", "Per-class IoU: " + "; ".join(
+            f"{meth}: " + ", ".join(f"{k} {x:.3f}" for k, x in v["iou"].items())
+            for meth, v in m.items()), ""]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_method(meth: str, data: dict, seed: int, args, overrides: dict) -> dict:
+    """One method on one data set for one seed: its scores and record."""
+    train, labels, test, names = data["train"], data["labels"], data["test"], data["names"]
+    load_before = load_average()
+    if meth == "rf":
+        preds, info = run_rf(train, labels, test, seed=seed)
+    else:
+        budget = 10.0 if meth == "answer10" else args.budget
+        options = {**CNN_METHODS[meth], "seed": seed, **overrides}
+        preds, info = run_cnn(train, labels, test, names, budget, options, args.device)
+    res = score(preds, test, names)
+    res.update(info, seed=seed, load_before=load_before, load_after=load_average())
+    return res
+
+
+def prepare(name: str, test_limit: int | None) -> dict:
+    ds = DATASETS[name]
+    train = [load(i) for i in ds["train"]]
+    test = [load(i) for i in test_items(ds)[:test_limit]]
+    labels = scribbles_for(ds, train)
+    return {"train": train, "test": test, "labels": labels, "names": ds["names"]}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", choices=("em", "aerial", "both"), default="both")
-    ap.add_argument("--methods", default="rf,cnn,cnn_dense")
+    ap.add_argument("--dataset", default="em,aerial,usiigaci,hotosm",
+                    help="comma-separated: " + ", ".join(DATASETS))
+    ap.add_argument("--methods", default=",".join(METHODS), help=", ".join(METHODS))
     ap.add_argument("--budget", type=float, default=120.0)
     ap.add_argument("--seeds", default="0,1", help="training seeds; scores are their mean")
+    ap.add_argument("--rf-seeds", default="0",
+                    help="seeds of the random forest (its spread over seeds is ~0.001)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--test-limit", type=int, default=6, help="score at most N test images")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="TrainSettings override for the CNN, e.g. patch_size=128")
+                    help="TrainSettings override for the CNN methods, e.g. learning_rate=1e-3")
     ap.add_argument("--output", default=str(RESULTS / "scribbles"), help="path without suffix")
+    ap.add_argument("--merge", action="store_true", help="add to the existing JSON at --output")
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="only combine the results of runs done in parallel (one data set "
+                         "each) into --output")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    for what, given, known in (("method", args.methods, METHODS),
+                               ("data set", args.dataset, DATASETS)):
+        unknown = sorted(set(given.split(",")) - set(known))
+        if unknown:
+            ap.error(f"unknown {what}(s) {', '.join(unknown)}; use {', '.join(known)}")
+    return args
+
+
+def overrides_of(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def write(results: dict, args) -> None:
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
+
+
+def combine(paths: list[str]) -> dict:
+    """One result from several runs (each with its own data sets), with every run's loads."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    out = {k: v for k, v in parts[0].items() if k != "datasets"}
+    out["datasets"] = {}
+    for part in parts:  # methods of one data set may come from several runs
+        for name, entry in part["datasets"].items():
+            merged = out["datasets"].setdefault(name, {**entry, "methods": {}})
+            merged["methods"].update(entry["methods"])
+    out["load_start"] = max((p["load_start"] for p in parts), key=lambda x: x[0])
+    out["load_end"] = max((p.get("load_end", p["load_start"]) for p in parts),
+                          key=lambda x: x[0])
+    out["parallel_runs"] = len(parts)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.combine:
+        results = combine(args.combine)
+        write(results, args)
+        print(markdown(results))
+        return 0
     if not DATA.exists():
         print(f"benchmark data not found at {DATA}", file=sys.stderr)
         return 1
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    methods = args.methods.split(",")
-    unknown = sorted(set(methods) - {"rf", "cnn", "cnn_dense"})
-    if unknown:
-        ap.error(f"unknown method(s) {', '.join(unknown)}; use rf, cnn, cnn_dense")
+    torch.set_num_threads(args.threads)
+    overrides = overrides_of(args.set)
     seeds = [int(x) for x in args.seeds.split(",")]
-    results = {"machine": f"{platform.processor() or platform.machine()}, "
-                          f"{torch.get_num_threads()} torch threads",
-               "budget_s": args.budget, "device": args.device, "overrides": overrides,
-               "seeds": seeds,
-               "torch": torch.__version__, "datasets": {}}
-    names = ["em", "aerial"] if args.dataset == "both" else [args.dataset]
-    for name in names:
-        ds = DATASETS[name]
-        train = [load(i) for i in ds["train"]]
-        test = [load(i) for i in ds["test"][:args.test_limit]]
-        labels = scribbles_for(ds, train)
-        frac = sum(int((s > 0).sum()) for s in labels) / sum(s.size for s in labels)
-        entry = {"title": ds["title"], "train_images": len(train), "test_images": len(test),
-                 "scribbled_fraction": frac, "methods": {}}
-        for meth in methods:
+    rf_seeds = [int(x) for x in args.rf_seeds.split(",")]
+    previous = Path(args.output).with_suffix(".json")
+    results = json.loads(previous.read_text()) if args.merge and previous.exists() else {
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads",
+        "budget_s": args.budget, "device": args.device, "overrides": overrides, "seeds": seeds,
+        "cpus": os.cpu_count(), "torch": torch.__version__, "load_start": load_average(),
+        "datasets": {}}
+    for name in args.dataset.split(","):
+        data = prepare(name, args.test_limit)
+        frac = sum(int((s > 0).sum()) for s in data["labels"]) / sum(s.size for s in data["labels"])
+        entry = results["datasets"].setdefault(name, {"methods": {}})
+        entry.update(title=DATASETS[name]["title"], train_images=len(data["train"]),
+                     test_images=len(data["test"]), scribbled_fraction=frac)
+        for meth in args.methods.split(","):
             runs = []
-            for seed in seeds:
-                torch.manual_seed(seed)
+            for seed in (rf_seeds if meth == "rf" else seeds):
                 t0 = time.perf_counter()
-                preds_tta = None
-                if meth == "rf":
-                    preds, info = run_rf(train, labels, test, seed=seed)
-                else:
-                    targets = labels if meth == "cnn" else [lab for _, lab in train]
-                    preds, preds_tta, info = run_cnn(train, targets, test, ds["names"],
-                                                     args.budget, {"seed": seed, **overrides},
-                                                     args.device)
-                res = score(preds, test, ds["names"])
-                res.update(info, seed=seed)
-                if preds_tta is not None:
-                    res["tta8"] = score(preds_tta, test, ds["names"])
-                runs.append(res)
-                print(f"{name} {meth} seed {seed}: mean IoU {res['mean_iou']:.4f}"
-                      + (f", tta8 {res['tta8']['mean_iou']:.4f}" if "tta8" in res else "")
-                      + f" ({time.perf_counter() - t0:.0f} s) {json.dumps(info)}", flush=True)
+                runs.append(run_method(meth, data, seed, args, overrides))
+                print(f"{name} {meth} seed {seed}: mean IoU {runs[-1]['mean_iou']:.4f} "
+                      f"({time.perf_counter() - t0:.0f} s) load {load_average()} "
+                      f"{json.dumps({k: v for k, v in runs[-1].items() if k != 'iou'})}",
+                      flush=True)
             entry["methods"][meth] = aggregate(runs)
-        results["datasets"][name] = entry
-    if not args.no_write:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-        out.with_suffix(".md").write_text(markdown(results))
+            results["load_end"] = load_average()
+            if not args.no_write:
+                write(results, args)  # after every method: an interrupted run keeps its results
     print(markdown(results))
     return 0
 

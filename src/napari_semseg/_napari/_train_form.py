@@ -43,8 +43,8 @@ from ._plans import TrainPlan
 
 # The widget starts from a small, fast network (that of the bundled sample models): on a CPU it
 # fits many more steps into a short budget, which matters more than capacity for a few strokes.
-GUI_DEFAULTS = {"encoder": "mobilenet_v2", "encoder_depth": 4, "decoder_channels": "64,32,16,16",
-                "time_budget": 120.0, "steps_per_epoch": 20}
+GUI_DEFAULTS = {"encoder": "mobilenet_v2", "encoder_weights": "auto", "encoder_depth": 4,
+                "decoder_channels": "64,32,16,16", "time_budget": 120.0, "steps_per_epoch": 20}
 ADVANCED = ["encoder_depth", "decoder_channels", "steps_per_epoch", "batch_size", "patch_size",
             "learning_rate", "augment"]
 
@@ -86,6 +86,9 @@ class TrainForm(QWidget):
         self.arch = _combo("arch", sorted(ARCHITECTURES), TrainSettings().arch)
         self.encoder = _combo("encoder", option_fields(TrainSettings)["encoder"].option.suggestions,
                               GUI_DEFAULTS["encoder"], editable=True)
+        self.encoder_weights = _combo(
+            "encoder_weights", option_fields(TrainSettings)["encoder_weights"].option.suggestions,
+            GUI_DEFAULTS["encoder_weights"], editable=True)  # editable: a .safetensors path
         self.device = DeviceField(TrainSettings)
         self.form = SettingsForm(TrainSettings, ["time_budget", "epochs"],
                                  labels={"time_budget": "time budget (s)"})
@@ -109,6 +112,7 @@ class TrainForm(QWidget):
         for label, field in (("image", self.image), ("annotations", ann_row),
                              ("class names", self.class_names), ("start from", self.base_model),
                              ("architecture", self.arch), ("encoder", self.encoder),
+                             ("encoder start", self.encoder_weights),
                              ("device", self.device)):
             rows.addRow(label, field)
         advanced = QGroupBox("advanced")
@@ -129,6 +133,7 @@ class TrainForm(QWidget):
         new = self.base_model.is_new()
         self.arch.setEnabled(new)
         self.encoder.setEnabled(new)
+        self.encoder_weights.setEnabled(new)
 
     def _annotations_changed(self, *_: Any) -> None:
         """Show the class names of the chosen annotation layer, when it has some."""
@@ -141,7 +146,7 @@ class TrainForm(QWidget):
     def set_running(self, running: bool) -> None:
         """Lock the fields a running training depends on (class names and preview stay free)."""
         for w in (self.image, self.annotations, self.new_button, self.base_model, self.arch,
-                  self.encoder, self.device, self.form, self.advanced):
+                  self.encoder, self.encoder_weights, self.device, self.form, self.advanced):
             w.setEnabled(not running)
         if not running:
             self._base_changed()
@@ -192,6 +197,10 @@ class TrainForm(QWidget):
                               f"but image '{image.name}' needs {tuple(source.output_shape)}; "
                               "create the annotation layer with New for this image")
         settings = self.settings()
+        if meta is None:  # a new model: check its encoder start before anything starts
+            from ..core.training.starts import check_start_setting
+
+            check_start_setting(settings)
         annotations = np.array(ann_data, copy=True)  # never hand the live layer to the trainer
         names, colors = self._classes(ann, annotations, meta)
         loader = (lambda: continue_from) if continue_from is not None else \
@@ -204,6 +213,7 @@ class TrainForm(QWidget):
         values = {**self.form.values(), **self.advanced.values()}
         return TrainSettings(arch=self.arch.currentText(),
                              encoder=self.encoder.currentText().strip(),
+                             encoder_weights=self.encoder_weights.currentText().strip(),
                              device=self.device.device, **values).validated()
 
     def _layers(self) -> tuple[Any, Any]:

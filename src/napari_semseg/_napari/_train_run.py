@@ -76,7 +76,7 @@ class TrainingRun:
 
     def _on_event(self, event: Any) -> None:
         self.progress.show(event)
-        if event.epoch_end and event.model is not None:
+        if event.model is not None:  # an epoch's best model, or the first answer at the start
             self.preview.offer(event.model)
 
     def _on_done(self, outcome: Outcome) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 from ._triton_guard import preload_triton
 from .constants import METADATA_KEY, PALETTE
 from .errors import SemSegError
+from .first_answer.net import FeatureHeadNet, feature_head_stride
 from .normalize import Normalization
 from .pretrained import Start, load_start, resolve_start
 
@@ -151,10 +152,25 @@ def arch_key(name: str) -> str:
     return name.lower().replace("_", "").replace("-", "")
 
 
+FEATURE_HEAD = "featurehead"  # frozen pretrained features + a light head (first_answer/)
+
+
+def _make_feature_head(meta: ModelMetadata, encoder_weights: str | None) -> nn.Module:
+    if encoder_weights is not None:
+        raise SemSegError("a feature-head model gets its encoder weights from "
+                          "FeatureHeadNet.load_encoder_state (see fit_feature_head)")
+    try:
+        return FeatureHeadNet(meta.in_channels, meta.classes, **meta.arch_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SemSegError(f"cannot build a feature-head model: {exc}") from exc
+
+
 def _make_net(meta: ModelMetadata, encoder_weights: str | None = None) -> nn.Module:
+    key = arch_key(meta.arch)
+    if key == FEATURE_HEAD:
+        return _make_feature_head(meta, encoder_weights)
     smp = import_smp()
     known = architectures()
-    key = arch_key(meta.arch)
     if key not in known:
         raise SemSegError(f"unknown architecture '{meta.arch}'; choose one of "
                           f"{', '.join(sorted(known))}")
@@ -214,12 +230,15 @@ def build_model(
     """
     _check_counts(in_channels, classes)
     depth = int(arch_kwargs.get("encoder_depth", 5))
+    stride = 2 ** depth
+    if arch_key(arch) == FEATURE_HEAD:
+        stride = feature_head_stride(**arch_kwargs)
     start = resolve_start(encoder_weights, encoder, depth, in_channels)
     meta = ModelMetadata(
         arch=arch.lower(), encoder=encoder, in_channels=in_channels, classes=classes,
         channel_names=list(channel_names or []), class_names=list(class_names or []),
         class_colors=list(class_colors or []), normalization=normalization,
-        tile=int(tile), halo=int(halo), stride=2 ** depth, pixel_size=pixel_size,
+        tile=int(tile), halo=int(halo), stride=stride, pixel_size=pixel_size,
         pixel_unit=pixel_unit, arch_kwargs=dict(arch_kwargs), versions=_versions(),
         start=start.metadata() if start is not None else None,
     )

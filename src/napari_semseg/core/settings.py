@@ -14,12 +14,16 @@ derived from it; :func:`option_fields` gives the resolved view (type, default, m
 from __future__ import annotations
 
 import functools
+import json
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .errors import SemSegError
+
+_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,22 @@ ENCODERS = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "efficientnet-b0
             "timm-regnety_002", "mit_b0", "densenet121", "vgg11")
 
 
+def bundled_start_names() -> tuple[str, ...]:
+    """Names of the encoder starts shipped with the package (read from the weights manifest,
+    without importing torch)."""
+    try:
+        return tuple(sorted(json.loads((_WEIGHTS / "manifest.json").read_text())))
+    except (OSError, ValueError):
+        return ()
+
+
+AUTO_START = "auto"
+NO_START = ("none", "random", "")  # spellings of "random initialisation" in text fields
+# the start "auto" picks for an encoder (others start from random weights)
+DEFAULT_STARTS = {"mobilenet_v2": "mobilenet_v2-imagenet"}
+START_CHOICES = (AUTO_START, *bundled_start_names(), "imagenet", "none")
+
+
 @dataclass
 class PredictSettings:
     """Settings of tiled prediction (:func:`napari_semseg.segment`)."""
@@ -223,13 +243,26 @@ class TrainSettings:
     """Settings of training (:func:`napari_semseg.train`)."""
 
     arch: str = _opt("unet", "architecture: unet, unetplusplus, fpn, deeplabv3plus, segformer, ...")
-    encoder: str = _opt("resnet18", "any segmentation-models-pytorch encoder name",
+    encoder: str = _opt("mobilenet_v2", "any segmentation-models-pytorch encoder name",
                         suggestions=ENCODERS)
+    encoder_weights: str | None = _opt(
+        AUTO_START, "where a new model's encoder starts: 'auto' (the bundled start of the "
+                    "encoder if there is one, " + ", ".join(
+                        f"{k}: {v}" for k, v in DEFAULT_STARTS.items()) + "; else random), "
+                    "'none' (random), a bundled start (" + (", ".join(bundled_start_names())
+                                                            or "none installed") + "), a path "
+                    "to a .safetensors file of encoder weights, or 'imagenet' (smp's download, "
+                    "online only); inputs are normalized as the start expects",
+        suggestions=START_CHOICES)
     encoder_depth: int | None = _opt(4, "encoder stages used by Unet, Unet++ and MAnet (1-5; "
                                         "fewer is faster, with less context)",
                                      minimum=1, maximum=5)
     decoder_channels: str | None = _opt("64,32,16,16", "Unet/Unet++/MAnet decoder widths, "
                                                        "comma-separated, one per encoder stage")
+    first_answer: bool | None = _opt(
+        None, "for a new model, first fit a head on frozen pretrained features (seconds): the "
+              "first preview, and the model returned if the CNN does not validate better "
+              "; unset, it is on for runs bounded only by time_budget and off with epochs")
     epochs: int | None = _opt(None, "number of epochs (default: until time_budget, else 50)",
                               minimum=1, widget_maximum=10000)
     time_budget: float | None = _opt(None, "wall-clock budget in seconds",
@@ -245,6 +278,16 @@ class TrainSettings:
                                 minimum=0.0, exclusive_minimum=True, step=1e-4,
                                 widget_maximum=1.0)
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    encoder_lr: float = _opt(1.0, "learning rate of the encoder relative to learning_rate "
+                                  "(below 1 changes pretrained features more slowly)",
+                             minimum=0.0, maximum=1.0, step=0.05)
+    encoder_bn: str = _opt("train", "BatchNorm of the encoder: 'train' (batch statistics) or "
+                                    "'frozen' (the start's running statistics, eval mode; "
+                                    "steadier with tiny batches)",
+                           choices=("train", "frozen"))
+    frozen_encoder: float = _opt(0.0, "fraction of the run that trains the decoder only, "
+                                      "the encoder fixed (decoder first, then everything)",
+                                 minimum=0.0, maximum=1.0, exclusive_maximum=True)
     validation: float = _opt(0.2, "fraction of annotated pixels held out by region (blocks) for "
                                   "validation (0 disables validation)",
                              minimum=0.0, maximum=1.0, exclusive_maximum=True)
@@ -290,6 +333,9 @@ class TrainSettings:
     def validated(self) -> TrainSettings:
         """Return self after checking value ranges; raise :class:`SemSegError` otherwise."""
         check_ranges(self)
+        if isinstance(self.encoder_weights, str) and \
+                self.encoder_weights.strip().lower() in NO_START:
+            self.encoder_weights = None
         if self.resume and not self.checkpoint:
             raise SemSegError("--resume needs --checkpoint (the file to continue from)")
         return self

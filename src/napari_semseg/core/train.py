@@ -29,15 +29,35 @@ from .device import resolve_device
 from .models import UNET_FAMILY, SemSegModel, add_classes, as_model, load_model
 from .progress import drive
 from .settings import TrainSettings, merge
-from .training.callbacks import (AnnotationFeed, Callback, Checkpoint, EarlyStopping, Preview,
-                                 Provenance, ThreadTuning, UseNewAnnotations, Validation)
+from .training.callbacks import (
+    AnnotationFeed,
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    FirstAnswer,
+    Preview,
+    Provenance,
+    ThreadTuning,
+    UseNewAnnotations,
+    Validation,
+)
 from .training.checkpoint import SavedState, read_checkpoint_state, write_checkpoint
-from .training.data import (TrainData, estimate_training_normalization, open_annotations,
-                            open_training_image, prepare_data)
+from .training.data import (
+    TrainData,
+    estimate_training_normalization,
+    open_annotations,
+    open_training_image,
+    prepare_data,
+)
 from .training.engine import Trainer, one_cycle
+from .training.starts import check_start_setting
 from .training.state import Budget, TrainProgress
-from .training.tasks.segmentation import (MAX_VALIDATION_BLOCKS, SegmentationTask, arch_options,
-                                          validate)
+from .training.tasks.segmentation import (
+    MAX_VALIDATION_BLOCKS,
+    SegmentationTask,
+    arch_options,
+    validate,
+)
 
 DEFAULT_EPOCHS = 50
 
@@ -57,16 +77,27 @@ def training_budget(settings: TrainSettings) -> Budget:
     return Budget(epochs, settings.steps_per_epoch, settings.time_budget)
 
 
+def first_answer_wanted(settings: TrainSettings) -> bool:
+    """Whether a new model's run begins with a first answer (default: when only a time
+    budget bounds it)."""
+    if settings.first_answer is not None:
+        return settings.first_answer
+    return settings.epochs is None and settings.time_budget is not None
+
+
 def segmentation_callbacks(settings: TrainSettings, device: torch.device, budget: Budget,
-                           checkpoint: Path | None, feed: AnnotationFeed | None
-                           ) -> list[Callback]:
-    """The callbacks of a segmentation run, in the order they must run."""
+                           checkpoint: Path | None, feed: AnnotationFeed | None,
+                           new_model: bool = True) -> list[Callback]:
+    """The callbacks of a segmentation run, in the order they must run (the first answer only
+    for a new model)."""
     callbacks: list[Callback] = []
     if device.type == "cpu":  # tune threads only where reproducibility does not depend on it
         tune = budget.epochs is None and budget.time_budget is not None
         callbacks.append(ThreadTuning(tune, settings.threads))
     if feed is not None:
         callbacks.append(UseNewAnnotations(feed))
+    if first_answer_wanted(settings) and new_model:
+        callbacks.append(FirstAnswer(settings.time_budget, settings.seed))
     callbacks.append(Validation("mean_iou", "mean IoU"))
     if settings.early_stopping is not None:
         callbacks.append(EarlyStopping(settings.early_stopping))
@@ -107,20 +138,23 @@ def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = N
     device = resolve_device(settings.device)
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
     base, resume = _starting_point(settings, checkpoint, model)
+    if base is None:
+        check_start_setting(settings)  # a bad start is one line before any data is read
     block = max(32, settings.patch_size // 2)
     data = prepare_data(images, annotations, channel_axis=channel_axis, block=block, model=base,
                         class_names=class_names, class_colors=class_colors, seed=settings.seed)
     torch.manual_seed(settings.seed)
     task = SegmentationTask.create(data, settings, device, base)
     budget = training_budget(settings)
-    callbacks = segmentation_callbacks(settings, device, budget, checkpoint, feed)
+    callbacks = segmentation_callbacks(settings, device, budget, checkpoint, feed,
+                                       new_model=base is None)
     trainer = Trainer(task, budget, callbacks, should_stop=should_stop, resume=resume,
                       monitor="mean_iou")
     return trainer.run()
 
 
 def train(images: Any, annotations: Any, *, model: SemSegModel | str | os.PathLike | None = None,
-          arch: str = "unet", encoder: str = "resnet18", epochs: int | None = None,
+          arch: str = "unet", encoder: str = "mobilenet_v2", epochs: int | None = None,
           time_budget: float | None = None, device: str = "auto", validation: float = 0.2,
           seed: int = 0, callback: Callable[[TrainProgress], Any] | None = None,
           settings: TrainSettings | None = None, **options: Any) -> SemSegModel:
@@ -138,7 +172,16 @@ def train(images: Any, annotations: Any, *, model: SemSegModel | str | os.PathLi
         None to build ``arch``/``encoder`` from scratch, or a model / model file to fine-tune or
         continue (pass ``class_names`` with more names to add classes).
     arch, encoder
-        Architecture and encoder of a new model (see :class:`TrainSettings`).
+        Architecture and encoder of a new model (see :class:`TrainSettings`); the default is
+        a Unet on MobileNetV2 (depth 4) whose encoder starts from the bundled ImageNet
+        weights.
+    encoder_weights (keyword option)
+        Where a new model's encoder starts: ``"auto"`` (default: the bundled start of the
+        encoder, random for encoders without one), ``None`` (random), a bundled start
+        (:func:`napari_semseg.core.pretrained.list_starts`), a ``.safetensors`` file of
+        encoder weights, or ``"imagenet"`` (smp's download, online only). Checked before any
+        work; the model's inputs are normalized as the start expects and its metadata records
+        the start (``metadata.start``). Ignored when fine-tuning ``model``.
     epochs, time_budget
         Number of epochs and/or a wall-clock budget in seconds (whichever ends first).
     device

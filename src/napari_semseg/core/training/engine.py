@@ -14,15 +14,17 @@ typed :class:`~.state.LoopState`. What varies plugs in:
 The loop::
 
     task.start(saved); restore optimizers/modules when resuming; callbacks.on_start
-    yield the opening event
-    until the budget is spent, the run is cancelled or stopped early:
+    yield the opening event (with loop.preview if a callback set one, e.g. a first answer)
+    until the budget is spent (a new run makes at least one step), the run is cancelled or
+    stopped early:
         callbacks.on_epoch_start; task.begin_epoch(epoch)
         steps_per_epoch times: callbacks.on_step_start; set learning rates from the schedule;
             task.step(loop); count; callbacks.on_step_end; yield a step event;
             stop after this step if should_stop() or the budget is spent
         epoch += 1; callbacks.on_epoch_end; append to history; callbacks.after_epoch
         yield the epoch's closing event (with loop.preview)
-    model = task.export(best weights); callbacks.on_end(model); return model
+    model = loop.best_model if a callback left one that validated best, else
+            task.export(best weights); callbacks.on_end(model); return model
     finally: callbacks.on_close; task.close()
 
 To add a kind of training, write a task module under :mod:`.tasks` and a facade that builds the
@@ -93,13 +95,14 @@ class Trainer:
         loop = LoopState(self.budget)
         try:
             self._start(loop)
-            yield self._event(loop, math.nan, loop.elapsed_before, None)
+            yield self._opening_event(loop)
             while not self._finished(loop):
                 self._call("on_epoch_start", loop)
                 self.task.begin_epoch(loop.epoch)
                 yield from self._steps(loop)
                 yield self._close_epoch(loop)
-            model = self.task.export(loop.best_weights)
+            model = loop.best_model if loop.best_model is not None \
+                else self.task.export(loop.best_weights)
             self._call("on_end", loop, model)
             return model
         finally:
@@ -123,8 +126,12 @@ class Trainer:
         self._call("on_start", loop)
 
     def _finished(self, loop: LoopState) -> bool:
+        """Whether the run is over; a new run always makes its first step and epoch, even when
+        its time went to the start (a first answer), so that something is validated."""
         epochs = self.budget.epochs
-        return loop.stop or (epochs is not None and loop.epoch >= epochs) or loop.out_of_time()
+        if loop.stop or (epochs is not None and loop.epoch >= epochs):
+            return True
+        return loop.step > 0 and loop.out_of_time()
 
     def _steps(self, loop: LoopState) -> Generator[TrainProgress, None, None]:
         loop.epoch_loss, loop.epoch_steps = 0.0, 0
@@ -169,6 +176,13 @@ class Trainer:
         return event
 
     # ------------------------------------------------------------------ helpers
+
+    def _opening_event(self, loop: LoopState) -> TrainProgress:
+        """The first event; it carries the model a callback prepared at the start (a first
+        answer), if any."""
+        event = self._event(loop, math.nan, loop.elapsed(), None)
+        event.model, loop.preview = loop.preview, None
+        return event
 
     def _set_learning_rates(self, fraction: float) -> None:
         for name, optimizer in self.task.optimizers().items():

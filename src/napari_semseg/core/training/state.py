@@ -82,7 +82,10 @@ class LoopState:
     stop: bool = False  # cancelled or stopped early: the run ends after this epoch
     message: str = ""  # sent with the next event
     notes: list[str] = field(default_factory=list)  # pieces of the epoch's closing message
-    preview: Any = None  # model sent with the epoch's closing event
+    preview: Any = None  # model sent with the epoch's closing event (or the opening one)
+    # a ready model that validates better than the task's best weights (e.g. the first
+    # answer); the run returns it instead of exporting the task's model
+    best_model: Any = None
 
     def elapsed(self) -> float:
         """Seconds of training over all sessions."""

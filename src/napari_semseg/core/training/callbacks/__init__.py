@@ -3,11 +3,12 @@
 from .base import Callback
 from .checkpointing import Checkpoint
 from .feed import AnnotationFeed, TakesAnnotations, UseNewAnnotations
+from .first_answer import FirstAnswer
 from .preview import Preview
 from .provenance import Provenance, training_record
 from .threads import ThreadTuning
 from .validation import EarlyStopping, Validation
 
-__all__ = ["AnnotationFeed", "Callback", "Checkpoint", "EarlyStopping", "Preview", "Provenance",
-           "TakesAnnotations", "ThreadTuning", "UseNewAnnotations", "Validation",
+__all__ = ["AnnotationFeed", "Callback", "Checkpoint", "EarlyStopping", "FirstAnswer", "Preview",
+           "Provenance", "TakesAnnotations", "ThreadTuning", "UseNewAnnotations", "Validation",
            "training_record"]

@@ -28,6 +28,9 @@ def training_record(loop: LoopState, task: Task, finished: bool) -> dict[str, An
         "patches_per_s": round(loop.samples / session, 3) if session > 0 else None,
         "finished": finished,
     }
+    if "first_answer" in loop.info:  # the run fitted a first answer: say which model won
+        out["first_answer"] = loop.info["first_answer"]
+        out["returned"] = "first answer" if loop.best_model is not None else "cnn"
     return json.loads(json.dumps(out, default=str))
 
 

@@ -39,6 +39,7 @@ class Validation(Callback):
         loop.verdict = self._compare(score, loop.best)
         if loop.verdict != "worse":
             loop.best, loop.best_metrics, loop.best_epoch = score, dict(metrics), loop.epoch
+            loop.best_model = None  # the task's weights are now the best
             loop.best_weights = {k: v.detach().cpu().clone()
                                  for k, v in task.model().state_dict().items()}
         loop.notes.append(f", validation {self.label} {score:.3f}")

@@ -27,11 +27,13 @@ from ...malloc import tune_malloc
 from ...metrics import confusion_matrix, scores
 from ...models import SemSegModel, add_classes, arch_kwargs, build_model, save_model
 from ...normalize import Normalization
+from ...pretrained import start_normalization
 from ...sampling import AnnotationIndex, PatchSampler, split_blocks
 from ...settings import TrainSettings
 from ...tiling import round_up
 from ..data import TrainData, describe_sources, estimate_training_normalization, read_batch
 from ..data import refresh as refresh_data
+from ..starts import chosen_start
 from ..state import LoopState
 from ..task import StepResult, Task
 
@@ -105,16 +107,21 @@ def validate(model: SemSegModel, data: TrainData, blocks: list[Block], norm: Nor
 
 
 def _new_model(data: TrainData, settings: TrainSettings) -> SemSegModel:
+    """A new model from the settings' start, its normalization matching what the start
+    expects (the start's input mean/std folded into the percentile normalization)."""
     norm = estimate_training_normalization(data.images, settings.normalization,
                                            seed=settings.seed)
     n_channels = data.images[0].n_channels
     channel_names = [f"channel {c}" for c in range(n_channels)]
     if n_channels == 3:
         channel_names = ["red", "green", "blue"]
-    return build_model(settings.arch, settings.encoder, n_channels, data.n_classes,
-                       class_names=data.class_names, class_colors=data.class_colors,
-                       channel_names=channel_names, normalization=norm,
-                       **arch_options(settings))
+    model = build_model(settings.arch, settings.encoder, n_channels, data.n_classes,
+                        encoder_weights=chosen_start(settings),
+                        class_names=data.class_names, class_colors=data.class_colors,
+                        channel_names=channel_names, normalization=norm,
+                        **arch_options(settings))
+    model.metadata.normalization = start_normalization(norm, model.metadata.start)
+    return model
 
 
 def _origin(model: SemSegModel) -> dict[str, Any]:
@@ -132,6 +139,23 @@ def _adapted_model(base: SemSegModel, data: TrainData, settings: TrainSettings) 
         base.metadata.normalization = estimate_training_normalization(
             data.images, settings.normalization, seed=settings.seed)
     return base
+
+
+def _encoder_parameters(model: SemSegModel) -> list[torch.nn.Parameter]:
+    encoder = getattr(model.net, "encoder", None)
+    return list(encoder.parameters()) if encoder is not None else []
+
+
+def parameter_groups(model: SemSegModel, settings: TrainSettings) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the encoder at ``encoder_lr`` times the learning rate, the
+    rest at the learning rate (the schedule scales each group from its own peak)."""
+    encoder = {id(p) for p in _encoder_parameters(model)}
+    rest = [p for p in model.parameters() if id(p) not in encoder]
+    lr = settings.learning_rate
+    if not encoder or settings.encoder_lr == 1.0:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    return [{"params": _encoder_parameters(model), "lr": lr * settings.encoder_lr},
+            {"params": rest, "lr": lr}]
 
 
 class SegmentationTask(Task):
@@ -181,8 +205,9 @@ class SegmentationTask(Task):
             tune_malloc()
         self.net.to(self.device).train()
         self.net.to(memory_format=torch.channels_last)  # faster on GPUs and with oneDNN on CPUs
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.settings.learning_rate,
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.net, self.settings),
                                            weight_decay=self.settings.weight_decay)
+        self._set_encoder_bn()
         keep = {tuple(b) for b in saved.get("validation_blocks", [])} if saved else None
         self._split(keep)
         index = self.data.index
@@ -217,13 +242,25 @@ class SegmentationTask(Task):
         x, y = rescale(x, y, s.patch_size)
         x, y = augment_batch(x, y, self.aug, self.gen)
         x = x.contiguous(memory_format=torch.channels_last)
+        self._set_encoder_bn()
         with autocast(self.device, s.amp):
             logits = self.net(x)
         loss = self.loss_fn(logits.float(), y, x)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if loop.fraction() < s.frozen_encoder:  # decoder first: no update of the encoder
+            for p in _encoder_parameters(self.net):
+                p.grad = None
         self.optimizer.step()
         return StepResult(float(loss.detach()), int(x.shape[0]))
+
+    def _set_encoder_bn(self) -> None:
+        """Keep the encoder's BatchNorm layers in eval mode when the settings freeze them."""
+        if self.settings.encoder_bn == "frozen":
+            encoder = getattr(self.net.net, "encoder", None)
+            for module in encoder.modules() if encoder is not None else ():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def validate(self) -> dict[str, float] | None:
         if not self.val_eval:
