@@ -46,6 +46,9 @@ class Option:
         Increment of the widget's editor (default: ``multiple_of``, else 1).
     widget_maximum
         Upper end of the widget's editor where the range is open (not enforced elsewhere).
+    true_choice
+        For a text option with choices that used to be a switch: the choice ``True`` stands
+        for (``False`` stands for the first choice); a bare CLI flag means it too.
     """
 
     help: str
@@ -60,6 +63,13 @@ class Option:
     rule: str = ""
     step: float | None = None
     widget_maximum: float | None = None
+    true_choice: str = ""
+
+    def from_switch(self, value: Any) -> Any:
+        """``value`` with ``True``/``False`` replaced by their choices (see ``true_choice``)."""
+        if self.true_choice and isinstance(value, bool):
+            return self.true_choice if value else self.choices[0]
+        return value
 
     def accepts(self, value: Any) -> bool:
         """True if ``value`` is within the range, a multiple and one of the choices."""
@@ -162,7 +172,15 @@ def check_ranges(settings: Any) -> None:
         spec.check(getattr(settings, name))
 
 
+def switches_to_choices(settings: Any) -> None:
+    """Replace ``True``/``False`` in text options that used to be switches (``true_choice``)."""
+    for name, spec in option_fields(type(settings)).items():
+        if spec.option.true_choice:
+            setattr(settings, name, spec.option.from_switch(getattr(settings, name)))
+
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
+UNCERTAINTY_KINDS = ("none", "entropy", "margin", "tta")
 # encoders offered by the Train widget (any segmentation-models-pytorch encoder works)
 ENCODERS = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "efficientnet-b0",
             "timm-regnety_002", "mit_b0", "densenet121", "vgg11")
@@ -188,8 +206,12 @@ class PredictSettings:
                                         "chosen from free memory on GPU)",
                                   minimum=1, widget_maximum=256)
     probabilities: bool = _opt(False, "also write class probabilities (uint8, 0-255)")
-    uncertainty: bool = _opt(False, "also write normalized entropy (uint8, 0 = certain, 255 = "
-                                    "uniform)")
+    uncertainty: str = _opt(
+        "none", "also write a per-pixel uncertainty (uint8, 0 = certain, 255 = most uncertain): "
+                "entropy (normalized), margin (1 - (p1 - p2) of the two likeliest classes) or "
+                "tta (disagreement of the test-time-augmented copies; needs tta >= 2); "
+                "True means entropy",
+        choices=UNCERTAINTY_KINDS, true_choice="entropy")
     chunk: int | None = _opt(None, "edge of the output chunks written to disk, in pixels "
                                    "(default: tile - overlap, 1024 with the default tile, so "
                                    "each tile finishes one chunk)",
@@ -211,9 +233,21 @@ class PredictSettings:
     overwrite: bool = _opt(False, "replace an existing output")
     resume: bool = _opt(False, "continue an interrupted run, computing only missing chunks")
 
+    def __post_init__(self) -> None:
+        switches_to_choices(self)
+
+    @property
+    def uncertainty_kind(self) -> str | None:
+        """The uncertainty written: ``"entropy"``, ``"margin"``, ``"tta"`` or None."""
+        return None if self.uncertainty in ("none", False) else \
+            option_fields(PredictSettings)["uncertainty"].option.from_switch(self.uncertainty)
+
     def validated(self) -> PredictSettings:
         """Return self after checking value ranges; raise :class:`SemSegError` otherwise."""
         check_ranges(self)
+        if self.uncertainty == "tta" and self.tta < 2:
+            raise SemSegError("--uncertainty tta needs --tta 2 or more (the disagreement of the "
+                              "augmented copies); use --uncertainty margin or entropy with one")
         return self
 
 
