@@ -209,7 +209,8 @@ class PredictSettings:
     uncertainty: str = _opt(
         "none", "also write a per-pixel uncertainty (uint8, 0 = certain, 255 = most uncertain): "
                 "entropy (normalized), margin (1 - (p1 - p2) of the two likeliest classes) or "
-                "tta (disagreement of the test-time-augmented copies; needs tta >= 2); "
+                "tta (disagreement of the test-time-augmented copies; with tta 1, all 8 "
+                "copies are computed); "
                 "True means entropy",
         choices=UNCERTAINTY_KINDS, true_choice="entropy")
     chunk: int | None = _opt(None, "edge of the output chunks written to disk, in pixels "
@@ -245,9 +246,6 @@ class PredictSettings:
     def validated(self) -> PredictSettings:
         """Return self after checking value ranges; raise :class:`SemSegError` otherwise."""
         check_ranges(self)
-        if self.uncertainty == "tta" and self.tta < 2:
-            raise SemSegError("--uncertainty tta needs --tta 2 or more (the disagreement of the "
-                              "augmented copies); use --uncertainty margin or entropy with one")
         return self
 
 
@@ -303,6 +301,14 @@ class TrainSettings:
                                          "gamma/colour/blur/noise jitter (helps images whose "
                                          "acquisition varies; slows learning otherwise)",
                                     minimum=0.0, maximum=1.0)
+    adversarial: float = _opt(0.0, "weight of the adversarial term: a small spectral-norm "
+                                   "discriminator on (image, label map) pairs learns to tell the "
+                                   "painted truth from predictions and the network learns to fool "
+                                   "it (0 = off; measured: no reliable gain, see the README)",
+                              minimum=0.0, maximum=10.0, step=0.01)
+    pseudo_labels: bool = _opt(False, "from 30 % of the run on, also train on unpainted pixels the "
+                                      "model is sure of (the discriminator's confidence with "
+                                      "adversarial > 0, else softmax > 0.9)")
     normalization: str = _opt("percentile", "input normalization: percentile, meanstd or none",
                               choices=("percentile", "meanstd", "none"))
     early_stopping: int | None = _opt(None, "stop after this many epochs without improvement "
