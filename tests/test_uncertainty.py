@@ -85,8 +85,7 @@ def test_settings_keep_true_meaning_entropy():
     assert uncertainty_kind(True) == "entropy" and uncertainty_kind("none") is None
     with pytest.raises(SemSegError, match="--uncertainty must be one of none, entropy"):
         PredictSettings(uncertainty="bald").validated()
-    with pytest.raises(SemSegError, match="--uncertainty tta needs --tta 2"):
-        PredictSettings(uncertainty="tta").validated()
+    assert PredictSettings(uncertainty="tta").validated().uncertainty_kind == "tta"
 
 
 def test_segment_writes_the_kind_asked_for(tiny_model, grey_image):
@@ -106,6 +105,10 @@ def test_segment_tta_disagreement(tiny_model, grey_image):
     np.testing.assert_array_equal(res.labels, plain.labels)  # the extra channel is not a class
     assert res.uncertainty.dtype == np.uint8 and res.uncertainty.shape == res.labels.shape
     assert res.uncertainty.max() > 0
+    # with tta=1 all eight copies are computed for the disagreement
+    eight = segment(grey_image, tiny_model, device="cpu", uncertainty="tta")
+    np.testing.assert_array_equal(eight.labels,
+                                  segment(grey_image, tiny_model, device="cpu", tta=8).labels)
 
 
 def test_cli_uncertainty_option(tmp_path, tiny_model):

@@ -9,7 +9,8 @@ Three kinds, each in [0, 1] (0 = certain), written as uint8 (0..255) next to the
     ``1 - (p1 - p2)`` with ``p1 >= p2`` the two largest probabilities (ilastik's overlay,
     PixelPick's choice of pixels): 1 when the two best classes tie, whatever the others do.
 ``tta``
-    Disagreement of the test-time-augmented copies (needs ``tta >= 2``): the mutual information
+    Disagreement of the test-time-augmented copies (with ``tta=1``, all 8 copies are computed
+    for it, and the labels are those of their mean): the mutual information
     between the prediction and the transform, ``H(mean p) - mean H(p_copy)``, divided by
     ``log K``. It is 0 when every flipped/transposed copy gives the same probabilities (however
     uncertain they are) and grows when the copies disagree (the BALD score, with the eight

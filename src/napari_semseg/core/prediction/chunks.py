@@ -110,7 +110,8 @@ class PlaneBlender:
         self.tiles = grid.order({t for c in wanted for t in incidence[c]})
         self.remaining = {c: len(incidence[c]) for c in wanted}
         self.pending: dict[Chunk, list[tuple[slice, slice, torch.Tensor]]] = {}
-        self.acc_buf = torch.empty((predictor.channels, grid.chunk, grid.chunk),
+        channels = getattr(predictor, "channels", predictor.classes)  # + TTA disagreement
+        self.acc_buf = torch.empty((channels, grid.chunk, grid.chunk),
                                    dtype=torch.float32, device=predictor.device)
         self.supports = ({i: grid.rows.support(i) for i in range(len(grid.rows))},
                          {j: grid.cols.support(j) for j in range(len(grid.cols))})

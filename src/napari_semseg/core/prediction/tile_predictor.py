@@ -15,7 +15,7 @@ from ..models import SemSegModel
 from ..normalize import Normalization
 from ..settings import PredictSettings
 from ..tiling import round_up
-from ..tta import averaged_probabilities
+from ..tta import MAX_TTA, averaged_probabilities
 from ..uncertainty import probabilities_and_disagreement
 
 MAX_CACHED_WEIGHTS = 64
@@ -62,9 +62,10 @@ class TilePredictor:
                      scale: float = 1.0) -> TilePredictor:
         """The predictor of a run with ``settings`` (amp, compile, tta, uncertainty) and
         rescaling ``scale``."""
+        disagreement = settings.uncertainty_kind == "tta"
+        copies = MAX_TTA if disagreement and settings.tta < 2 else settings.tta
         return cls(model, device, normalization, amp=settings.amp, scale=scale,
-                   compile=settings.compile, tta=settings.tta,
-                   disagreement=settings.uncertainty_kind == "tta")
+                   compile=settings.compile, tta=copies, disagreement=disagreement)
 
     def weight(self, key: Any, make: Callable[[], np.ndarray]) -> torch.Tensor:
         """A device copy of a 2D blending weight, cached under ``key``."""
