@@ -38,11 +38,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_adversarial import use_data_folder  # noqa: E402
-from bench_scribbles import DATASETS, load, score  # noqa: E402
+from bench_adversarial import use_data_folder
+from bench_scribbles import DATASETS, load, score
 
-from napari_semseg.core.next_region import next_regions  # noqa: E402
-from napari_semseg.core.scribbles import _paint, _walk, make_scribbles  # noqa: E402
+from napari_semseg.core.next_region import next_regions
+from napari_semseg.core.scribbles import _paint, _walk, make_scribbles
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("random", "margin", "oracle")

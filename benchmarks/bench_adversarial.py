@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _scribble_data  # noqa: E402
-from bench_scribbles import DATASETS, load, score, scribbles_for  # noqa: E402
+import _scribble_data
+from bench_scribbles import DATASETS, load, score, scribbles_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = {

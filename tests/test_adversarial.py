@@ -12,8 +12,7 @@ from napari_semseg import load_model, train
 from napari_semseg.core.errors import SemSegError
 from napari_semseg.core.train import iter_train
 from napari_semseg.core.training.checkpoint import read_checkpoint_state, state_path
-from napari_semseg.core.training.tasks.adversarial import (Discriminator, one_hot,
-                                                           pseudo_labels)
+from napari_semseg.core.training.tasks.adversarial import Discriminator, one_hot, pseudo_labels
 
 SMALL = dict(arch="unet", encoder="resnet18", encoder_depth=3, decoder_channels="16,8,8",
              patch_size=64, batch_size=2, steps_per_epoch=3, device="cpu", validation=0.0,

@@ -10,8 +10,13 @@ from napari_semseg import segment
 from napari_semseg.core.errors import SemSegError
 from napari_semseg.core.prediction.chunks import finish_tensors
 from napari_semseg.core.settings import PredictSettings
-from napari_semseg.core.uncertainty import (disagreement, entropy, margin,
-                                            probabilities_and_disagreement, uncertainty_kind)
+from napari_semseg.core.uncertainty import (
+    disagreement,
+    entropy,
+    margin,
+    probabilities_and_disagreement,
+    uncertainty_kind,
+)
 
 # three pixels, three classes: certain, two classes tied, uniform
 P = torch.tensor([[1.0, 0.5, 1 / 3], [0.0, 0.5, 1 / 3], [0.0, 0.0, 1 / 3]])
@@ -37,7 +42,10 @@ def test_disagreement_is_zero_for_identical_copies_and_log2_for_opposite_ones():
     assert disagreement(torch.stack([a, b])).item() == pytest.approx(1.0, abs=1e-5)
     c = torch.tensor([[0.9], [0.1]])
     d = torch.tensor([[0.6], [0.4]])
-    h = lambda p: -sum(x * math.log(x) for x in p) / math.log(2)  # noqa: E731
+
+    def h(p):
+        return -sum(x * math.log(x) for x in p) / math.log(2)
+
     expected = h([0.75, 0.25]) - (h([0.9, 0.1]) + h([0.6, 0.4])) / 2
     assert disagreement(torch.stack([c, d])).item() == pytest.approx(expected, abs=1e-5)
 
