@@ -28,6 +28,12 @@ WHOLE_PLANE_PIXELS = 2048 * 2048
 ROLE = "paint guide"
 
 
+def viewer_camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 class _UncertaintyMap:
     """The margin map of one model on one region of one image layer."""
 
@@ -208,11 +214,12 @@ class NextRegionPanel(QWidget):
     def _move_camera(self, region: Region) -> None:
         spatial = self._spatial()
         scale = spatial["scale"]
-        self.viewer.camera.center = self.world_center()
+        camera = viewer_camera(self.viewer)
+        camera.center = self.world_center()
         y0, x0, y1, x1 = region.box
         extent = max((y1 - y0) * abs(scale[-2]), (x1 - x0) * abs(scale[-1]))
         canvas = getattr(self.viewer, "_canvas_size", (600, 800))
-        self.viewer.camera.zoom = max(1e-3, min(canvas) / (3.0 * max(extent, 1e-9)))
+        camera.zoom = max(1e-3, min(canvas) / (3.0 * max(extent, 1e-9)))
 
     def world_center(self) -> tuple[float, float] | None:
         """World coordinates of the last region's centre (None before the first jump)."""
