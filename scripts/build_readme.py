@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["_head", "_core", "napari", "training", "performance", "scale-out", "_tail"]
+SECTIONS = ["_head", "_core", "napari", "training", "uncertainty", "performance", "scale-out",
+            "_tail"]
 TABLES = {
     "SEAM_TABLE": "seams", "BENCH_EFFICIENCY": "efficiency", "BENCH_MONAI": "monai",
     "BENCH_MEMORY": "memory", "BENCH_CLUSTER": "cluster", "BENCH_SCRIBBLES": "scribbles",
     "BENCH_GPU": "gpu", "GUI_RESPONSIVENESS_TABLE": "gui_responsiveness",
+    "BENCH_ADVERSARIAL": "adversarial", "BENCH_ACTIVE": "active",
 }
 
 

@@ -86,6 +86,11 @@ class NextRegionPanel(QWidget):
     def running(self) -> bool:
         return self.job is not None and self.job.running
 
+    def stop(self) -> None:
+        """Stop computing the map (the widget is closing)."""
+        if self.running:
+            self.job.stop()
+
     def follow(self, preview: Any) -> None:
         """Also use the models offered to the live preview during training (epoch ends)."""
         offer = preview.offer
@@ -145,7 +150,8 @@ class NextRegionPanel(QWidget):
                   plane: tuple[int, ...], rows: slice, cols: slice) -> None:
         self.button.setEnabled(True)
         if not outcome.ok:
-            self.note.setText(f"could not compute the uncertainty: {outcome.error}")
+            self.note.setText("stopped" if outcome.cancelled else
+                              f"could not compute the uncertainty: {outcome.error}")
             return
         unc, probs = (np.asarray(a) for a in outcome.result)
         self.map = _UncertaintyMap(model, image, source.channel_axis, plane, rows, cols, unc,

@@ -185,6 +185,7 @@ class TrainWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
         self.runner.stop()
         self.preview.stop()
+        self.next_region.stop()
         self.strokes.stop()
         self.inputs.disconnect_viewer()
         super().closeEvent(event)
