@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["_head", "_core", "napari", "training", "generation", "performance", "scale-out",
+SECTIONS = ["_head", "_core", "napari", "training", "uncertainty", "generation", "performance", "scale-out",
             "_tail"]
 TABLES = {
     "SEAM_TABLE": "seams", "BENCH_EFFICIENCY": "efficiency", "BENCH_MONAI": "monai",
     "BENCH_MEMORY": "memory", "BENCH_CLUSTER": "cluster", "BENCH_SCRIBBLES": "scribbles",
     "BENCH_GPU": "gpu", "GUI_RESPONSIVENESS_TABLE": "gui_responsiveness",
     "BENCH_GENERATION": "generation",
+    "BENCH_ADVERSARIAL": "adversarial", "BENCH_ACTIVE": "active",
 }
 
 

@@ -130,7 +130,7 @@ class SettingsForm(QWidget):
             if isinstance(editor, QCheckBox):
                 editor.setChecked(bool(value))
             elif isinstance(editor, QComboBox):
-                editor.setCurrentText(str(value))
+                editor.setCurrentText(str(self.specs[name].option.from_switch(value)))
             elif isinstance(editor, QLineEdit):
                 editor.setText("" if value is None else str(value))
             else:

@@ -46,7 +46,7 @@ from ._plans import TrainPlan
 GUI_DEFAULTS = {"encoder": "mobilenet_v2", "encoder_weights": "auto", "encoder_depth": 4,
                 "decoder_channels": "64,32,16,16", "time_budget": 120.0, "steps_per_epoch": 20}
 ADVANCED = ["encoder_depth", "decoder_channels", "steps_per_epoch", "batch_size", "patch_size",
-            "learning_rate", "augment"]
+            "learning_rate", "augment", "adversarial", "pseudo_labels"]
 
 
 def _combo(name: str, items: Any, current: str, editable: bool = False) -> QComboBox:

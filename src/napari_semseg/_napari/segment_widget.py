@@ -171,7 +171,7 @@ class SegmentWidget(QWidget):
         self.results = ResultLayers(
             self.viewer, plan.layer, source.plane_dims, source.plane_shape, meta,
             plan.spatial, probabilities=plan.settings.probabilities,
-            uncertainty=plan.settings.uncertainty, store=plan.store, extra=extra)
+            uncertainty=plan.settings.uncertainty_kind is not None, store=plan.store, extra=extra)
         if plan.store is None:
             self.results.create_in_memory()
         loader, settings, store = plan.loader, plan.settings, plan.store

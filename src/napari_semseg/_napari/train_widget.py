@@ -30,6 +30,7 @@ from ._strokes import StrokeFeed  # noqa: E402
 from ._train_form import TrainForm  # noqa: E402
 from ._train_progress import TrainProgress  # noqa: E402
 from ._train_run import TrainingRun  # noqa: E402
+from ._uncertainty import NextRegionPanel  # noqa: E402
 
 
 def _button(text: str, name: str, tip: str = "") -> QPushButton:
@@ -66,6 +67,8 @@ class TrainWidget(QWidget):
         self.continue_button = _button("Continue", "continue",
                                        "train the last model further (with the current strokes)")
         self.save_button = _button("Save model…", "save")
+        self.next_region = NextRegionPanel(napari_viewer, self.inputs, lambda: self.model)
+        self.next_region.follow(self.preview)
         self._lay_out()
         self.inputs.new_button.clicked.connect(self.new_annotation_layer)
         self.train_button.clicked.connect(self.train)
@@ -81,7 +84,8 @@ class TrainWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.inputs)
         layout.addLayout(buttons)
-        for w in (self.progress.bar, self.progress.plot, self.save_button, self.status):
+        for w in (self.progress.bar, self.progress.plot, self.save_button, self.next_region,
+                  self.status):
             layout.addWidget(w)
         layout.addStretch(1)
 
@@ -181,6 +185,7 @@ class TrainWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
         self.runner.stop()
         self.preview.stop()
+        self.next_region.stop()
         self.strokes.stop()
         self.inputs.disconnect_viewer()
         super().closeEvent(event)

@@ -61,6 +61,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings_cls: type,
         if spec.type is bool:
             group.add_argument(spec.flag, dest=name, action=argparse.BooleanOptionalAction,
                                default=spec.default, help=_help(spec))
+        elif spec.option.true_choice:  # a former switch: a bare --flag means true_choice
+            group.add_argument(spec.flag, dest=name, type=value_parser(spec, parser.prog),
+                               nargs="?", const=spec.option.true_choice,
+                               choices=spec.option.choices, default=spec.default,
+                               help=_help(spec))
         else:
             group.add_argument(spec.flag, dest=name, type=value_parser(spec, parser.prog),
                                choices=spec.option.choices or None, default=spec.default,

@@ -126,7 +126,7 @@ def plan_jobs(inputs: list[Path], output: Path, fmt: str, settings: PredictSetti
     jobs, skipped = [], []
     written: dict[Path, Path] = {}
     companions = [name for name, wanted in (("probabilities", settings.probabilities),
-                                            ("uncertainty", settings.uncertainty)) if wanted]
+                                            ("uncertainty", settings.uncertainty_kind)) if wanted]
     for inp in inputs:
         out = output_for(inp, output, fmt, many)
         if out.resolve() in written:

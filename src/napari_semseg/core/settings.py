@@ -50,6 +50,9 @@ class Option:
         Increment of the widget's editor (default: ``multiple_of``, else 1).
     widget_maximum
         Upper end of the widget's editor where the range is open (not enforced elsewhere).
+    true_choice
+        For a text option with choices that used to be a switch: the choice ``True`` stands
+        for (``False`` stands for the first choice); a bare CLI flag means it too.
     """
 
     help: str
@@ -64,6 +67,13 @@ class Option:
     rule: str = ""
     step: float | None = None
     widget_maximum: float | None = None
+    true_choice: str = ""
+
+    def from_switch(self, value: Any) -> Any:
+        """``value`` with ``True``/``False`` replaced by their choices (see ``true_choice``)."""
+        if self.true_choice and isinstance(value, bool):
+            return self.true_choice if value else self.choices[0]
+        return value
 
     def accepts(self, value: Any) -> bool:
         """True if ``value`` is within the range, a multiple and one of the choices."""
@@ -167,7 +177,15 @@ def check_ranges(settings: Any) -> None:
         spec.check(getattr(settings, name))
 
 
+def switches_to_choices(settings: Any) -> None:
+    """Replace ``True``/``False`` in text options that used to be switches (``true_choice``)."""
+    for name, spec in option_fields(type(settings)).items():
+        if spec.option.true_choice:
+            setattr(settings, name, spec.option.from_switch(getattr(settings, name)))
+
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
+UNCERTAINTY_KINDS = ("none", "entropy", "margin", "tta")
 # encoders offered by the Train widget (any segmentation-models-pytorch encoder works)
 ENCODERS = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "efficientnet-b0",
             "timm-regnety_002", "mit_b0", "densenet121", "vgg11")
@@ -209,8 +227,13 @@ class PredictSettings:
                                         "chosen from free memory on GPU)",
                                   minimum=1, widget_maximum=256)
     probabilities: bool = _opt(False, "also write class probabilities (uint8, 0-255)")
-    uncertainty: bool = _opt(False, "also write normalized entropy (uint8, 0 = certain, 255 = "
-                                    "uniform)")
+    uncertainty: str = _opt(
+        "none", "also write a per-pixel uncertainty (uint8, 0 = certain, 255 = most uncertain): "
+                "entropy (normalized), margin (1 - (p1 - p2) of the two likeliest classes) or "
+                "tta (disagreement of the test-time-augmented copies; with tta 1, all 8 "
+                "copies are computed); "
+                "True means entropy",
+        choices=UNCERTAINTY_KINDS, true_choice="entropy")
     chunk: int | None = _opt(None, "edge of the output chunks written to disk, in pixels "
                                    "(default: tile - overlap, 1024 with the default tile, so "
                                    "each tile finishes one chunk)",
@@ -231,6 +254,15 @@ class PredictSettings:
                     minimum=1, maximum=8, rule="1 (off) to 8 transformed copies")
     overwrite: bool = _opt(False, "replace an existing output")
     resume: bool = _opt(False, "continue an interrupted run, computing only missing chunks")
+
+    def __post_init__(self) -> None:
+        switches_to_choices(self)
+
+    @property
+    def uncertainty_kind(self) -> str | None:
+        """The uncertainty written: ``"entropy"``, ``"margin"``, ``"tta"`` or None."""
+        return None if self.uncertainty in ("none", False) else \
+            option_fields(PredictSettings)["uncertainty"].option.from_switch(self.uncertainty)
 
     def validated(self) -> PredictSettings:
         """Return self after checking value ranges; raise :class:`SemSegError` otherwise."""
@@ -313,6 +345,14 @@ class TrainSettings:
                                          "gamma/colour/blur/noise jitter (helps images whose "
                                          "acquisition varies; slows learning otherwise)",
                                     minimum=0.0, maximum=1.0)
+    adversarial: float = _opt(0.0, "weight of the adversarial term: a small spectral-norm "
+                                   "discriminator on (image, label map) pairs learns to tell the "
+                                   "painted truth from predictions and the network learns to fool "
+                                   "it (0 = off; measured: no reliable gain, see the README)",
+                              minimum=0.0, maximum=10.0, step=0.01)
+    pseudo_labels: bool = _opt(False, "from 30 % of the run on, also train on unpainted pixels the "
+                                      "model is sure of (the discriminator's confidence with "
+                                      "adversarial > 0, else softmax > 0.9)")
     normalization: str = _opt("percentile", "input normalization: percentile, meanstd or none",
                               choices=("percentile", "meanstd", "none"))
     early_stopping: int | None = _opt(None, "stop after this many epochs without improvement "

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .device import resolve_device
+from .errors import SemSegError
 from .models import UNET_FAMILY, SemSegModel, add_classes, as_model, load_model
 from .progress import drive
 from .settings import TrainSettings, merge
@@ -52,6 +53,7 @@ from .training.data import (
 from .training.engine import Trainer, one_cycle
 from .training.starts import check_start_setting
 from .training.state import Budget, TrainProgress
+from .training.tasks.adversarial import AdversarialTask
 from .training.tasks.segmentation import (
     MAX_VALIDATION_BLOCKS,
     SegmentationTask,
@@ -121,18 +123,26 @@ def _starting_point(settings: TrainSettings, checkpoint: Path | None,
     return base.cpu(), None
 
 
+def _task_class(settings: TrainSettings) -> type[SegmentationTask]:
+    """Adversarial / pseudo-label training when asked for, else plain segmentation."""
+    if settings.adversarial > 0 or settings.pseudo_labels:
+        return AdversarialTask
+    return SegmentationTask
+
+
 def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = None, *,
                model: SemSegModel | str | os.PathLike | None = None,
                class_names: list[str] | None = None, class_colors: list[str] | None = None,
                channel_axis: int | None = None, feed: AnnotationFeed | None = None,
-               should_stop: Callable[[], bool] | None = None,
+               should_stop: Callable[[], bool] | None = None, shape_prior: Any = None,
                **options: Any) -> Generator[TrainProgress, None, SemSegModel]:
     """Train a model on painted annotations; yield :class:`TrainProgress`; return the model.
 
     Every check (shapes, label types, classes, channels, NaN, settings) runs when this function
     is called, before the generator is returned, so bad input raises :class:`SemSegError` at
     once. See :func:`train` for the parameters. ``should_stop()`` returning True ends the run
-    after the current step and returns the best model so far.
+    after the current step and returns the best model so far. ``shape_prior``: ``(image,
+    dense mask)`` pairs of other images shown to the discriminator (with ``adversarial > 0``).
     """
     settings = merge(TrainSettings, settings, options).validated()
     device = resolve_device(settings.device)
@@ -144,7 +154,11 @@ def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = N
     data = prepare_data(images, annotations, channel_axis=channel_axis, block=block, model=base,
                         class_names=class_names, class_colors=class_colors, seed=settings.seed)
     torch.manual_seed(settings.seed)
-    task = SegmentationTask.create(data, settings, device, base)
+    task = _task_class(settings).create(data, settings, device, base)
+    if shape_prior is not None:
+        if not isinstance(task, AdversarialTask) or settings.adversarial <= 0:
+            raise SemSegError("shape_prior needs adversarial > 0 (the discriminator uses it)")
+        task.use_shape_prior(shape_prior)
     budget = training_budget(settings)
     callbacks = segmentation_callbacks(settings, device, budget, checkpoint, feed,
                                        new_model=base is None)
@@ -206,7 +220,7 @@ def train(images: Any, annotations: Any, *, model: SemSegModel | str | os.PathLi
         normalization, class names/colours and training provenance in its metadata.
     """
     extra = {k: options.pop(k) for k in ("class_names", "class_colors", "channel_axis", "feed",
-                                         "should_stop") if k in options}
+                                         "should_stop", "shape_prior") if k in options}
     values: dict[str, Any] = dict(arch=arch, encoder=encoder, epochs=epochs,
                                   time_budget=time_budget, device=device, validation=validation,
                                   seed=seed)

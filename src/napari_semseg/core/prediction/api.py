@@ -48,7 +48,7 @@ def iter_segment(image: Any, model: SemSegModel | str | os.PathLike,
 
 def segment(image: Any, model: SemSegModel | str | os.PathLike, *, tile: int | None = None,
             overlap: int | None = None, device: str = "auto", batch_size: int | None = None,
-            output: Any = None, probabilities: bool = False, uncertainty: bool = False,
+            output: Any = None, probabilities: bool = False, uncertainty: str | bool = "none",
             callback: Callable[[PredictProgress], Any] | None = None,
             settings: PredictSettings | None = None, client: Any = None,
             sink: Sink | None = None, **options: Any) -> Any:
@@ -74,8 +74,11 @@ def segment(image: Any, model: SemSegModel | str | os.PathLike, *, tile: int | N
     output
         None (return numpy arrays), or a path ending in ``.zarr`` (OME-Zarr with a pyramid) or
         ``.tif`` (tiled BigTIFF; probabilities/uncertainty in ``<name>_probabilities.tif`` ...).
-    probabilities, uncertainty
-        Also compute class probabilities and normalized entropy (uint8).
+    probabilities
+        Also compute class probabilities (uint8).
+    uncertainty
+        Also compute a per-pixel uncertainty (uint8): ``"entropy"`` (or ``True``),
+        ``"margin"`` or ``"tta"`` (with ``tta >= 2``); see :mod:`napari_semseg.core.uncertainty`.
     callback
         Called with each :class:`PredictProgress`; return ``False`` to cancel.
     settings

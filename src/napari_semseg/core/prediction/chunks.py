@@ -21,6 +21,7 @@ from ..tiling import AxisTiles, TileGrid
 from .pipeline import prefetch as prefetched
 from .plan import TilePlan
 from .reading import iter_batches
+from ..uncertainty import from_probabilities, to_uint8, uncertainty_kind
 from .tile_predictor import TilePredictor, TileTooLarge
 
 Tile = tuple[int, int]
@@ -37,18 +38,23 @@ def argmax_classes(acc: torch.Tensor) -> torch.Tensor:
     return torch.max(acc, 0).indices.to(dtype).add_(1)
 
 
-def finish_tensors(acc: torch.Tensor, *, probabilities: bool, uncertainty: bool
+def finish_tensors(acc: torch.Tensor, *, probabilities: bool, uncertainty: str | bool | None,
                    ) -> list[torch.Tensor | None]:
-    """Labels 1..K and optional uint8 probabilities / normalized entropy, on acc's device."""
+    """Labels 1..K and optional uint8 probabilities / uncertainty, on acc's device.
+
+    ``uncertainty`` is a kind of :mod:`napari_semseg.core.uncertainty` (``True``: entropy);
+    with ``"tta"`` the last channel of ``acc`` is the blended disagreement of the copies.
+    """
+    kind = uncertainty_kind(uncertainty)
+    unc = None
+    if kind == "tta":
+        acc, unc = acc[:-1], to_uint8(acc[-1])
+    elif kind is not None:
+        unc = to_uint8(from_probabilities(kind, acc))
     labels = argmax_classes(acc)
-    probs = unc = None
+    probs = None
     if probabilities:
         probs = (acc * 255).round_().clamp_(0, 255).to(torch.uint8)
-    if uncertainty:
-        k = acc.shape[0]
-        p = acc.clamp(1e-7, 1.0)
-        ent = (p * p.log()).sum(dim=0).mul_(-1.0 / math.log(k))
-        unc = ent.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     return [labels, probs, unc]
 
 
@@ -90,7 +96,7 @@ class _Outputs:
     """What a finished chunk holds besides its labels."""
 
     probabilities: bool
-    uncertainty: bool
+    uncertainty: str | bool | None
     label_dtype: np.dtype
 
 
@@ -108,7 +114,8 @@ class PlaneBlender:
         self.tiles = grid.order({t for c in wanted for t in incidence[c]})
         self.remaining = {c: len(incidence[c]) for c in wanted}
         self.pending: dict[Chunk, list[tuple[slice, slice, torch.Tensor]]] = {}
-        self.acc_buf = torch.empty((predictor.classes, grid.chunk, grid.chunk),
+        channels = getattr(predictor, "channels", predictor.classes)  # + TTA disagreement
+        self.acc_buf = torch.empty((channels, grid.chunk, grid.chunk),
                                    dtype=torch.float32, device=predictor.device)
         self.supports = ({i: grid.rows.support(i) for i in range(len(grid.rows))},
                          {j: grid.cols.support(j) for j in range(len(grid.cols))})
@@ -195,7 +202,7 @@ def _run_batches(predictor: TilePredictor, blender: PlaneBlender,
 
 def iter_plane(source: ImageSource, plane: int, grid: TileGrid, predictor: TilePredictor,
                wanted: set[Chunk], batch_size: int, *, probabilities: bool = False,
-               uncertainty: bool = False, label_dtype: np.dtype = UINT8,
+               uncertainty: str | bool | None = None, label_dtype: np.dtype = UINT8,
                prefetch: int = 2) -> Generator[tuple[int, list[ChunkResult]], None, None]:
     """Predict the chunks ``wanted`` of one plane; yield ``(tiles_done, finished_chunks)``
     after each batch.
@@ -236,7 +243,7 @@ def chunk_index(chunk: ChunkResult, size: int) -> Chunk:
 
 def compute_chunks(source: ImageSource, plane: int, plan: TilePlan, predictor: TilePredictor,
                    wanted: set[Chunk], *, probabilities: bool = False,
-                   uncertainty: bool = False, label_dtype: np.dtype = UINT8,
+                   uncertainty: str | bool | None = None, label_dtype: np.dtype = UINT8,
                    ) -> Generator[ComputeStep, None, None]:
     """Compute the chunks ``wanted`` of one plane, backing off when out of memory.
 

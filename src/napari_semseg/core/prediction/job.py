@@ -114,9 +114,15 @@ def _run_info(source: ImageSource, model: SemSegModel, settings: PredictSettings
                       "path": str(source.path.resolve()) if source.path else None},
             "model": digest,
             "tiling": [plan.tile, plan.overlap, plan.margin, plan.chunk, plan.scale],
-            "outputs": [settings.probabilities, settings.uncertainty],
+            "outputs": [settings.probabilities, _uncertainty_fingerprint(settings)],
         },
     }
+
+
+def _uncertainty_fingerprint(settings: PredictSettings) -> bool | str:
+    """True for entropy (as runs recorded it before there were other kinds), else the kind."""
+    kind = settings.uncertainty_kind
+    return True if kind == "entropy" else (kind or False)
 
 
 def _check_destination(output: Any, sink: Sink | None, settings: PredictSettings,
@@ -129,7 +135,7 @@ def _check_destination(output: Any, sink: Sink | None, settings: PredictSettings
                           "the chunks), not both")
     output = Path(output)
     companions = [name for name, wanted in (("probabilities", settings.probabilities),
-                                            ("uncertainty", settings.uncertainty)) if wanted]
+                                            ("uncertainty", settings.uncertainty_kind)) if wanted]
     check_output(output, settings.overwrite, settings.resume, inputs=[source_path],
                  companions=companions)
     return output
@@ -160,6 +166,6 @@ def prepare(image: Any, model: SemSegModel | str | os.PathLike,
     else:
         norm = meta.normalization
     layout = OutputLayout(source.plane_dims, source.plane_shape, plan.chunk, meta.classes,
-                          settings.probabilities, settings.uncertainty)
+                          settings.probabilities, settings.uncertainty_kind is not None)
     info = _run_info(source, model, settings, plan)
     return SegmentJob(source, model, settings, device, plan, layout, norm, info, output, sink)

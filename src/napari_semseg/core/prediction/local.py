@@ -64,7 +64,7 @@ def _compute(job: SegmentJob, sink: Sink, writer: BackgroundWriter,
         for plane, wanted in todo.items():
             for step in compute_chunks(job.source, plane, job.plan, predictor, wanted,
                                        probabilities=s.probabilities,
-                                       uncertainty=s.uncertainty,
+                                       uncertainty=s.uncertainty_kind,
                                        label_dtype=job.layout.label_dtype):
                 for chunk in step.chunks:
                     writer.put(chunk)

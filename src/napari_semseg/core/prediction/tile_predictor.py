@@ -15,7 +15,8 @@ from ..models import SemSegModel
 from ..normalize import Normalization
 from ..settings import PredictSettings
 from ..tiling import round_up
-from ..tta import averaged_probabilities
+from ..tta import MAX_TTA, averaged_probabilities
+from ..uncertainty import probabilities_and_disagreement
 
 MAX_CACHED_WEIGHTS = 64
 
@@ -35,11 +36,13 @@ class TilePredictor:
 
     def __init__(self, model: SemSegModel, device: torch.device, normalization: Normalization,
                  *, amp: bool = True, scale: float = 1.0, compile: bool = False,
-                 tta: int = 1) -> None:
+                 tta: int = 1, disagreement: bool = False) -> None:
         self.device, self.norm, self.amp, self.scale = device, normalization, amp, scale
-        self.tta = tta
+        self.tta, self.disagreement = tta, disagreement
         self.stride = model.metadata.stride
         self.classes = model.metadata.classes
+        # channels of predict(): the probabilities, then the TTA disagreement if asked for
+        self.channels = self.classes + int(disagreement)
         self.model = model.to(device).eval()
         # channels_last: faster convolutions on GPUs and with oneDNN on CPUs (+20 % measured)
         self.channels_last = device.type in ("cuda", "cpu")
@@ -57,9 +60,12 @@ class TilePredictor:
     def for_settings(cls, model: SemSegModel, device: torch.device,
                      normalization: Normalization, settings: PredictSettings,
                      scale: float = 1.0) -> TilePredictor:
-        """The predictor of a run with ``settings`` (amp, compile, tta) and rescaling ``scale``."""
+        """The predictor of a run with ``settings`` (amp, compile, tta, uncertainty) and
+        rescaling ``scale``."""
+        disagreement = settings.uncertainty_kind == "tta"
+        copies = MAX_TTA if disagreement and settings.tta < 2 else settings.tta
         return cls(model, device, normalization, amp=settings.amp, scale=scale,
-                   compile=settings.compile, tta=settings.tta)
+                   compile=settings.compile, tta=copies, disagreement=disagreement)
 
     def weight(self, key: Any, make: Callable[[], np.ndarray]) -> torch.Tensor:
         """A device copy of a 2D blending weight, cached under ``key``."""
@@ -83,7 +89,10 @@ class TilePredictor:
                 size = (round_up(max(1, round(h * self.scale)), self.stride),
                         round_up(max(1, round(w * self.scale)), self.stride))
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            probs = averaged_probabilities(self._forward, x, self.tta)
+            if self.disagreement:
+                probs = probabilities_and_disagreement(self._forward, x, self.tta)
+            else:
+                probs = averaged_probabilities(self._forward, x, self.tta)
             if self.scale != 1.0:
                 # resampled probabilities still sum to 1 (bilinear weights are convex)
                 probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
@@ -95,7 +104,8 @@ class TilePredictor:
 
     def predict(self, batch: torch.Tensor,
                 weights: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Blended probabilities ``(B, K, H, W)`` (float32) of a raw batch, on the device.
+        """Blended probabilities ``(B, K, H, W)`` (float32) of a raw batch, on the device
+        (``(B, K + 1, H, W)`` with the TTA disagreement last when ``disagreement``).
 
         On a GPU the work is only queued (nothing waits for it here), so the caller can go on
         with the previous batch's results meanwhile.

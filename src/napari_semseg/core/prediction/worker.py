@@ -123,6 +123,7 @@ def _predictor(job: BlockJob, device: torch.device,
                model_bytes: bytes | None = None) -> TilePredictor:
     s = job.settings
     key = (job.model_path, job.model_digest, str(device), s.amp, s.compile, s.tta,
+           s.uncertainty_kind,
            job.plan.scale, repr(job.normalization))
     with _CACHE_LOCK:
         pred = _PREDICTORS.get(key)
@@ -227,7 +228,7 @@ def _compute_block(job: BlockJob, source: Any, plane: int, plan: TilePlan, pred:
     s = job.settings
     with reuse_freed_memory(pred.device.type == "cpu"):
         for step in compute_chunks(source, plane, plan, pred, wanted,
-                                   probabilities=s.probabilities, uncertainty=s.uncertainty,
+                                   probabilities=s.probabilities, uncertainty=s.uncertainty_kind,
                                    label_dtype=job.layout.label_dtype):
             for chunk in step.chunks:
                 writer.put(chunk)
