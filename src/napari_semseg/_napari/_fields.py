@@ -71,6 +71,10 @@ class LayerCombo(QComboBox):
                 self.setCurrentIndex(i)
 
     def disconnect_viewer(self) -> None:
+        """Stop following the viewer's layers (the widget is closing; safe to call twice)."""
+        if getattr(self, "_disconnected", False):
+            return
+        self._disconnected = True
         for emitter, cb in ((self.viewer.layers.events.inserted, self._on_inserted),
                             (self.viewer.layers.events.removed, self.refresh),
                             (self.viewer.layers.events.moved, self.refresh)):

@@ -74,6 +74,11 @@ class TrainingRun:
         self.job.stop()
         return True
 
+    def shutdown(self) -> None:
+        """Stop the running job and wait for it; its outcome is handled before this returns."""
+        if self.job is not None:
+            self.job.shutdown()
+
     def _on_event(self, event: Any) -> None:
         self.progress.show(event)
         if event.epoch_end and event.model is not None:

@@ -38,6 +38,7 @@ from ..core.writers import partial_path  # noqa: E402
 from ._fields import DeviceField, LayerCombo, ModelField, StatusLine  # noqa: E402
 from ._form import SettingsForm  # noqa: E402
 from ._jobs import Job, Outcome  # noqa: E402
+from ._lifetime import CloseWatcher  # noqa: E402
 from ._layers import KEY, geo_tags_of, layer_source, spatial_kwargs  # noqa: E402
 from ._outputs import ResultLayers  # noqa: E402
 from ._plans import SegmentPlan  # noqa: E402
@@ -72,6 +73,7 @@ class SegmentWidget(QWidget):
         self.results: ResultLayers | None = None
         self._pbar: Any = None
         self._started = 0.0
+        self._tiles = (0, 0)  # tiles done / total, as last reported by the running job
 
         self.image = LayerCombo(napari_viewer, Image)
         self.image.setObjectName("image")
@@ -122,6 +124,7 @@ class SegmentWidget(QWidget):
         self.image.currentIndexChanged.connect(self._image_changed)
         self._image_changed()
         self._model_changed()
+        self.closing = CloseWatcher(self, self.shutdown)
 
     # field reactions -------------------------------------------------------------------------
     def _image_changed(self, *_: Any) -> None:
@@ -186,6 +189,7 @@ class SegmentWidget(QWidget):
         self._set_running(True)
         self.status.info("loading the model…")
         self._started = time.perf_counter()
+        self._tiles = (0, 0)
         self.job = Job(job, self._on_event, self._on_done).start()
         return self.job
 
@@ -201,30 +205,43 @@ class SegmentWidget(QWidget):
         for w in (self.image, self.model, self.device, self.form):
             w.setEnabled(not running)
 
-    def _on_event(self, event: PredictProgress) -> None:
-        results = self.results
-        if results is None:
-            return
-        if event.total and self._pbar is None:
-            from napari.utils import progress
+    def _live(self) -> bool:
+        """True while the current job runs (its end may be handled re-entrantly: napari's
+        progress and layer calls process queued Qt events)."""
+        return self.results is not None and self.job is not None and self.job.running
 
-            self._pbar = progress(total=event.total, desc="napari-semseg: segment")
+    def _on_event(self, event: PredictProgress) -> None:
+        if not self._live():
+            return
+        if event.total:  # plain Qt setters first: they never process events
+            self._tiles = (event.done, event.total)
             self.progress.setRange(0, event.total)
-        if results.store is not None and not results.layers and event.total:
+            self.progress.setValue(event.done)
+            self.status.info(f"{event.done}/{event.total} tiles · {event.message}")
+        elif event.message:
+            self.status.info(event.message)
+        self._show_activity(event)
+        results = self.results
+        if self._live() and results.store is not None and not results.layers and event.total:
             import zarr
 
             results.create_from_store(zarr.open_group(str(partial_path(results.store)),
                                                       mode="r"))
+        if not self._live():  # the job ended meanwhile: its last events are stale
+            return
         results.received(event.chunks)
-        if event.total:
-            self.progress.setValue(event.done)
-            if self._pbar is not None:
-                self._pbar.update(event.done - self._pbar.n)
-            self.status.info(f"{event.done}/{event.total} tiles · {event.message}")
-        elif event.message:
-            self.status.info(event.message)
         if results.dirty and not self._refresh_timer.isActive():
             self._refresh_timer.start()
+
+    def _show_activity(self, event: PredictProgress) -> None:
+        """The job's entry in napari's activity dock."""
+        if not event.total:
+            return
+        if self._pbar is None:
+            from napari.utils import progress
+
+            self._pbar = progress(total=event.total, desc="napari-semseg: segment")
+        self._pbar.update(event.done - self._pbar.n)
 
     def _refresh(self) -> None:
         if self.results is not None:
@@ -247,11 +264,17 @@ class SegmentWidget(QWidget):
                 results.abandon()
             self.progress.setValue(0)
             if outcome.cancelled:
-                self.status.info("cancelled; the unfinished result is marked (incomplete)"
-                                 if results is not None and results.layers else "cancelled")
+                self.status.info(self._cancelled_text(results))
             else:
                 self.status.error(outcome.error or "segmentation failed")
         self._set_running(False)
+
+    def _cancelled_text(self, results: ResultLayers | None) -> str:
+        done, total = self._tiles
+        text = f"cancelled after {done}/{total} tiles" if total else "cancelled"
+        if results is not None and results.layers:
+            text += "; the unfinished result is marked (incomplete)"
+        return text
 
     # lifetime --------------------------------------------------------------------------------
     def wait(self, timeout: float = 60.0) -> None:
@@ -265,8 +288,9 @@ class SegmentWidget(QWidget):
             QApplication.processEvents()
             time.sleep(0.005)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
-        if self.job is not None and self.job.running:
-            self.job.stop()
+    def shutdown(self) -> None:
+        """The viewer or the dock is closing: stop the job, wait for it, mark an unfinished
+        result "(incomplete)", and stop following the viewer's layers."""
+        if self.job is not None:
+            self.job.shutdown()
         self.image.disconnect_viewer()
-        super().closeEvent(event)

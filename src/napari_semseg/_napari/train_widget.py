@@ -25,6 +25,7 @@ from ..core.errors import SemSegError  # noqa: E402
 from ..core.models import save_model  # noqa: E402
 from ._fields import StatusLine  # noqa: E402
 from ._jobs import Job  # noqa: E402
+from ._lifetime import CloseWatcher  # noqa: E402
 from ._preview import LivePreview  # noqa: E402
 from ._strokes import StrokeFeed  # noqa: E402
 from ._train_form import TrainForm  # noqa: E402
@@ -73,6 +74,7 @@ class TrainWidget(QWidget):
         self.continue_button.clicked.connect(self.continue_training)
         self.save_button.clicked.connect(self._save_dialog)
         self._set_running(False)
+        self.closing = CloseWatcher(self, self.shutdown)
 
     def _lay_out(self) -> None:
         buttons = QHBoxLayout()
@@ -178,9 +180,10 @@ class TrainWidget(QWidget):
             QApplication.processEvents()
             time.sleep(0.005)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
-        self.runner.stop()
-        self.preview.stop()
+    def shutdown(self) -> None:
+        """The viewer or the dock is closing: stop training and preview, wait for both (the
+        best model so far is kept), and stop following the viewer's layers."""
+        self.preview.close()
+        self.runner.shutdown()
         self.strokes.stop()
         self.inputs.disconnect_viewer()
-        super().closeEvent(event)
