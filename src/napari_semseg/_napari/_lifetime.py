@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
+
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QMainWindow, QWidget
 

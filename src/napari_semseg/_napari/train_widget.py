@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from ._backend import load_backend
 
@@ -25,6 +25,7 @@ from ..core.errors import SemSegError  # noqa: E402
 from ..core.models import save_model  # noqa: E402
 from ._fields import StatusLine  # noqa: E402
 from ._jobs import Job  # noqa: E402
+from ._layout import foldable, scrolling_layout  # noqa: E402
 from ._lifetime import CloseWatcher  # noqa: E402
 from ._preview import LivePreview  # noqa: E402
 from ._strokes import StrokeFeed  # noqa: E402
@@ -60,8 +61,14 @@ class TrainWidget(QWidget):
         self.strokes.sent.connect(
             lambda: self.status.info("new strokes will be used from the next epoch"))
         self.preview = LivePreview(napari_viewer, self.inputs.live_preview.isChecked)
+        self.name_field = QLineEdit()
+        self.name_field.setObjectName("model_name")
+        self.name_field.setPlaceholderText("name of the trained model (default: arch/encoder "
+                                           "and time)")
+        self.name_field.setToolTip("how the trained model is listed in the Segment widget")
         self.runner = TrainingRun(napari_viewer, self.progress, self.strokes, self.preview,
-                                  finished=lambda: self._set_running(False))
+                                  finished=lambda: self._set_running(False),
+                                  name=self.name_field.text)
         self.train_button = _button("Train", "train")
         self.stop_button = _button("Stop", "stop")
         self.continue_button = _button("Continue", "continue",
@@ -80,10 +87,12 @@ class TrainWidget(QWidget):
         buttons = QHBoxLayout()
         for b in (self.train_button, self.stop_button, self.continue_button):
             buttons.addWidget(b)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)  # fits a laptop screen: the dock scrolls
         layout.addWidget(self.inputs)
         layout.addLayout(buttons)
-        for w in (self.progress.bar, self.progress.plot, self.save_button, self.status):
+        layout.addWidget(self.progress.bar)
+        layout.addWidget(foldable("plot", self.progress.plot, True, "plot_box"))
+        for w in (self.name_field, self.save_button, self.status):
             layout.addWidget(w)
         layout.addStretch(1)
 
@@ -131,7 +140,10 @@ class TrainWidget(QWidget):
             self.status.error(str(exc))
             return None
         self._set_running(True)
-        return self.runner.start(plan, continued=continue_from is not None)
+        job = self.runner.start(plan, continued=continue_from is not None)
+        if plan.notes:
+            self.status.warning("; ".join(plan.notes))
+        return job
 
     def stop(self) -> None:
         """Stop training; the best model so far is kept."""
