@@ -59,7 +59,9 @@ def test_model_channels_do_not_match_image(viewer, h, notifications, tiny_model_
     w = h.dock(viewer, "Segment")
     w.model.set_file(tiny_model_file)  # a 1-channel model
     assert w.run() is None
-    _assert_clean(w, 1, viewer, notifications, "3 channel", "expects 1")
+    text = _assert_clean(w, 1, viewer, notifications, "3 channel", "expects 1")
+    assert "channel_axis" not in text and "pass " not in text  # widget words: the field
+    assert "under model" in text
 
 
 def test_nothing_painted(viewer, h, notifications):

@@ -21,29 +21,59 @@ from ..core.errors import SemSegError
 from ..core.settings import PredictSettings, option_fields
 from ._registry import trained_models
 
+RESULT_SUFFIX = "  (napari-semseg result)"
+
+
+def is_plugin_result(layer: Any) -> bool:
+    """True for layers the plugin made (results, previews), marked in their metadata."""
+    from ._layers import marker
+
+    return bool(marker(layer))
+
 
 class LayerCombo(QComboBox):
-    """Picks a layer of ``layer_type`` from the viewer; follows additions, removals, renames."""
+    """Picks a layer of ``layer_type`` from the viewer; follows additions, removals, renames.
 
-    def __init__(self, viewer: Any, layer_type: type, parent: QWidget | None = None) -> None:
+    The user's own layers come first; the plugin's results (:func:`is_plugin_result`) are
+    listed last, marked, and never chosen automatically. With ``follow``, the field switches to
+    a user layer of its type that is added to the viewer or selected in the layer list.
+    """
+
+    def __init__(self, viewer: Any, layer_type: type, parent: QWidget | None = None, *,
+                 follow: bool = False) -> None:
         super().__init__(parent)
-        self.viewer, self.layer_type = viewer, layer_type
+        self.viewer, self.layer_type, self.follow = viewer, layer_type, follow
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self.refresh)
         viewer.layers.events.moved.connect(self.refresh)
+        viewer.layers.selection.events.active.connect(self._on_active)
         for layer in viewer.layers:
             layer.events.name.connect(self.refresh)
         self.refresh()
 
     def _on_inserted(self, event: Any = None) -> None:
-        if event is not None and hasattr(event, "value"):
-            event.value.events.name.connect(self.refresh)
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self.refresh)
         self.refresh()
+        if self.follow and self._wanted(layer):
+            self.select(layer)
+
+    def _on_active(self, event: Any = None) -> None:
+        layer = getattr(event, "value", None)
+        if self.follow and self.isEnabled() and self._wanted(layer):
+            self.select(layer)
+
+    def _wanted(self, layer: Any) -> bool:
+        return isinstance(layer, self.layer_type) and not is_plugin_result(layer)
 
     def layers(self) -> list[Any]:
-        return [ly for ly in self.viewer.layers if isinstance(ly, self.layer_type)]
+        """The layers offered: the user's first, then the plugin's results."""
+        mine = [ly for ly in self.viewer.layers if isinstance(ly, self.layer_type)]
+        return [ly for ly in mine if not is_plugin_result(ly)] + \
+            [ly for ly in mine if is_plugin_result(ly)]
 
     def refresh(self, *_: Any) -> None:
         current = self.layer()
@@ -51,9 +81,11 @@ class LayerCombo(QComboBox):
         self.blockSignals(True)
         self.clear()
         for layer in self._layers:
-            self.addItem(layer.name)
-        index = next((i for i, ly in enumerate(self._layers) if ly is current), 0)
-        self.setCurrentIndex(index if self._layers else -1)
+            self.addItem(layer.name + (RESULT_SUFFIX if is_plugin_result(layer) else ""))
+        index = next((i for i, ly in enumerate(self._layers) if ly is current), None)
+        if index is None:  # never fall onto a plugin result by itself
+            index = next((i for i, ly in enumerate(self._layers) if self._wanted(ly)), -1)
+        self.setCurrentIndex(index)
         self.blockSignals(False)
         if self.layer() is not current:
             self.currentIndexChanged.emit(self.currentIndex())
@@ -71,9 +103,14 @@ class LayerCombo(QComboBox):
                 self.setCurrentIndex(i)
 
     def disconnect_viewer(self) -> None:
+        """Stop following the viewer's layers (the widget is closing; safe to call twice)."""
+        if getattr(self, "_disconnected", False):
+            return
+        self._disconnected = True
         for emitter, cb in ((self.viewer.layers.events.inserted, self._on_inserted),
                             (self.viewer.layers.events.removed, self.refresh),
-                            (self.viewer.layers.events.moved, self.refresh)):
+                            (self.viewer.layers.events.moved, self.refresh),
+                            (self.viewer.layers.selection.events.active, self._on_active)):
             emitter.disconnect(cb)
         for layer in self.viewer.layers:
             layer.events.name.disconnect(self.refresh)
@@ -358,6 +395,15 @@ class StatusLine(QLabel):
     def info(self, text: str) -> None:
         self.setStyleSheet("")
         self.setText(text)
+
+    def warning(self, text: str) -> None:
+        """Shown in orange and as a napari warning notification (the job goes on)."""
+        from napari.utils.notifications import show_warning
+
+        text = gui_wording(text)
+        self.setStyleSheet("color: #e0a030")
+        self.setText(text)
+        show_warning(text)
 
     def error(self, text: str) -> None:
         from napari.utils.notifications import show_error

@@ -20,6 +20,7 @@ from typing import Any
 from ..core.errors import Cancelled, SemSegError
 
 log = logging.getLogger("napari_semseg")
+SHUTDOWN_SECONDS = 60.0  # how long a closing widget waits for its job to stop
 WORKER_NICE = 10  # niceness of job threads (Linux), so the viewer's thread wins the CPU
 
 
@@ -76,8 +77,26 @@ def guarded(job: Callable[[], Generator[Any, None, Any]]) -> Generator[Any, None
     return Outcome(result=result)
 
 
+def call_safely(callback: Callable[[Any], None], value: Any) -> None:
+    """Call a main-thread handler; a widget deleted meanwhile (its viewer closed) is no crash.
+
+    PyQt aborts the interpreter on an exception escaping a slot; a handler touching a Qt
+    object whose C++ side is gone raises ``RuntimeError: wrapped C/C++ object ... deleted``.
+    """
+    try:
+        callback(value)
+    except RuntimeError as exc:
+        if "deleted" not in str(exc):
+            raise
+        log.debug("napari-semseg: a job event arrived after its widget was deleted: %s", exc)
+
+
 class Job:
     """A generator job in a napari ``GeneratorWorker`` with a stop flag.
+
+    A job ends once: its outcome is handled exactly once on the main thread (``on_done``),
+    either when the worker returns or earlier by :meth:`shutdown` (the viewer or the dock is
+    closing); events and outcomes arriving after that are ignored.
 
     Parameters
     ----------
@@ -94,14 +113,20 @@ class Job:
         self.stop_event = threading.Event()
         self.outcome: Outcome | None = None
         self.done = False
-        self._on_done = on_done
+        self._on_event, self._on_done = on_event, on_done
+        self._ended = threading.Event()  # set in the worker thread when the job returned
+        self._thread_outcome: Outcome | None = None
 
         def run() -> Generator[Any, None, Outcome]:
             lower_thread_priority()
-            return (yield from guarded(lambda: job(self.stop_event.is_set)))
+            try:
+                self._thread_outcome = yield from guarded(lambda: job(self.stop_event.is_set))
+            finally:
+                self._ended.set()
+            return self._thread_outcome
 
         self.worker = create_worker(run, _start_thread=False)
-        self.worker.yielded.connect(on_event)
+        self.worker.yielded.connect(self._event)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
 
@@ -118,13 +143,36 @@ class Job:
         """True until the outcome has been handled on the main thread."""
         return not self.done
 
+    def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> bool:
+        """Stop the job, wait (blocking) until its worker returned and handle its outcome now.
+
+        For a closing viewer or dock: nothing of the job runs after this. Returns False if the
+        worker did not return within ``timeout`` (its outcome is then taken as cancelled).
+        """
+        if self.done:
+            return True
+        self.stop()
+        returned = self._ended.wait(timeout)
+        if self.outcome is None:
+            self.outcome = (self._thread_outcome if returned else None) or Outcome(cancelled=True)
+        self._end()
+        return returned
+
+    def _event(self, event: Any) -> None:
+        if not self.done:  # events queued behind the end are stale
+            call_safely(self._on_event, event)
+
     def _returned(self, outcome: Outcome) -> None:
-        self.outcome = outcome
+        if not self.done:
+            self.outcome = outcome
 
     def _finished(self) -> None:
+        if self.done:  # already ended by shutdown()
+            return
         if self.outcome is None:  # the worker was aborted without returning
             self.outcome = Outcome(cancelled=True)
-        try:
-            self._on_done(self.outcome)
-        finally:
-            self.done = True
+        self._end()
+
+    def _end(self) -> None:
+        self.done = True  # first: whatever the handler does, the job has ended once
+        call_safely(self._on_done, self.outcome)

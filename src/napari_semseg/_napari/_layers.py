@@ -99,16 +99,29 @@ def layer_source(layer: Any, expected_channels: int | None = None) -> Any:
     from ..core.io import ImageSource, infer_channel_axis, open_image
 
     data = base_data(layer)
-    if getattr(layer, "rgb", False):
-        return open_image(data, data.ndim - 1, expected_channels=expected_channels)
-    shape = tuple(int(s) for s in data.shape)
     try:
-        axis = infer_channel_axis(shape, expected_channels)
-    except SemSegError:
-        if expected_channels is not None:
+        if getattr(layer, "rgb", False):
+            return open_image(data, data.ndim - 1, expected_channels=expected_channels)
+        shape = tuple(int(s) for s in data.shape)
+        try:
+            axis = infer_channel_axis(shape, expected_channels)
+        except SemSegError:
+            if expected_channels is not None:
+                raise
+            axis = None
+        return open_image(ImageSource(data, axis), expected_channels=expected_channels)
+    except SemSegError as exc:
+        if "channel_axis" not in str(exc):
             raise
-        axis = None
-    return open_image(ImageSource(data, axis), expected_channels=expected_channels)
+        raise SemSegError(channel_mismatch_text(layer, str(exc))) from None
+
+
+def channel_mismatch_text(layer: Any, engine_text: str) -> str:
+    """A channel-mismatch message in the widgets' words: the fields to change, not the API's
+    "pass channel_axis"."""
+    what = engine_text.split(";")[0].replace("image has", f"image '{layer.name}' has", 1)
+    return (f"{what}; choose a model made for such images under model (Train: 'new model' "
+            "under start from), or another layer under image")
 
 
 def spatial_kwargs(layer: Any, channel_axis: int | None = None) -> dict[str, Any]:

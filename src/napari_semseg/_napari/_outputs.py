@@ -60,6 +60,7 @@ class ResultLayers:
         self.dirty: set[str] = set()
         self.name = source_layer.name
         self.memory: MemorySink | None = None
+        self.ended = False  # completed or abandoned: later chunks are stale and ignored
 
     # creation --------------------------------------------------------------------------------
     def _marker(self, role: str) -> dict[str, Any]:
@@ -164,7 +165,8 @@ class ResultLayers:
     def write(self, chunk: ChunkResult) -> None:
         """Paint one finished chunk into the layers' arrays (the layers are redrawn later, on
         the main thread: :meth:`received`, :meth:`refresh`)."""
-        self.memory.write(chunk)
+        if not self.ended:
+            self.memory.write(chunk)
 
     def finish(self) -> SegmentationResult:
         return self.memory.finish()
@@ -175,7 +177,7 @@ class ResultLayers:
     # main thread -----------------------------------------------------------------------------
     def received(self, chunks: list[ChunkResult]) -> None:
         """Note chunks the engine reported finished; their layers are redrawn soon."""
-        if chunks:
+        if chunks and not self.ended:
             self.chunks_received += len(chunks)
             self.dirty.update(self.layers)
 
@@ -190,6 +192,7 @@ class ResultLayers:
     # endings ---------------------------------------------------------------------------------
     def complete(self, result: Any) -> None:
         """Mark the layers complete; for a store, show the finished (renamed) pyramid."""
+        self.ended = True
         if self.store is not None and getattr(result, "path", None) is not None:
             self._swap_to_final(Path(result.path))
         for layer in self.layers.values():
@@ -226,15 +229,17 @@ class ResultLayers:
 
     def abandon(self) -> None:
         """After a cancel or an error: drop empty layers; mark partial ones as incomplete."""
+        self.ended = True
         for layer in list(self.layers.values()):
-            if layer not in self.viewer.layers:
-                continue
+            shown = layer in self.viewer.layers  # not when the viewer closed (layers cleared)
             if self.chunks_received == 0:
-                self.viewer.layers.remove(layer)
+                if shown:
+                    self.viewer.layers.remove(layer)
                 continue
             layer.metadata[KEY]["complete"] = False
             if not layer.name.endswith("(incomplete)"):
                 layer.name = f"{layer.name} (incomplete)"
-            layer.refresh()
+            if shown:
+                layer.refresh()
         if self.chunks_received == 0:
             self.layers.clear()

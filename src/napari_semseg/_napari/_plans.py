@@ -46,3 +46,4 @@ class TrainPlan:
     class_names: list[str]
     class_colors: list[str]
     loader: Callable[[], Any]  # returns the model to start from (None: a new model)
+    notes: tuple[str, ...] = ()  # warnings shown when the job starts (it goes on)

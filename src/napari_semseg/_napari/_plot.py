@@ -38,6 +38,10 @@ class LivePlot(QWidget):
             self.iou.append((float(step), float(iou)))
             self.update()
 
+    def best_iou(self) -> float | None:
+        """The best validation mean IoU so far (that of the model training keeps)."""
+        return max((v for _, v in self.iou), default=None)
+
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -80,7 +84,8 @@ class LivePlot(QWidget):
         p.drawText(QRectF(area.right() + 4, area.bottom() - 10, right, 14),
                    Qt.AlignmentFlag.AlignLeft, "0")
         last_loss = f"loss {self.loss[-1][1]:.3f}" if self.loss else "loss"
-        last_iou = f"val mIoU {self.iou[-1][1]:.3f}" if self.iou else "val mIoU"
+        best = self.best_iou()  # the model kept is the best one, not the last
+        last_iou = f"best val mIoU {best:.3f}" if best is not None else "val mIoU"
         p.setPen(QPen(LOSS_COLOR))
         p.drawText(QRectF(left, 0, area.width() / 2, 16), Qt.AlignmentFlag.AlignLeft, last_loss)
         p.setPen(QPen(IOU_COLOR))

@@ -110,6 +110,7 @@ class LivePreview(QObject):
         self._later.setSingleShot(True)
         self._later.setInterval(int(PREVIEW_SECONDS * 1000))
         self._later.timeout.connect(self._maybe)
+        self.closed = False  # the widget is closing: no more previews
 
     @property
     def running(self) -> bool:
@@ -132,8 +133,17 @@ class LivePreview(QObject):
         if self.running:
             self.job.stop()
 
+    def close(self) -> None:
+        """The widget is closing: stop the running preview, wait for it, start no other."""
+        self.closed = True
+        self._pending = None
+        self._later.stop()
+        if self.job is not None:
+            self.job.shutdown()
+
     def _maybe(self, force: bool = False) -> None:
-        if not (self.enabled() or force) or self._pending is None or self.running:
+        if self.closed or not (self.enabled() or force) or self._pending is None or \
+                self.running:
             return
         if not force and time.perf_counter() - self._last < PREVIEW_SECONDS:
             return
@@ -166,7 +176,7 @@ class LivePreview(QObject):
     def _show(self, outcome: Outcome, model: Any, plane: tuple[int, ...], rows: slice,
               cols: slice) -> None:
         image = self._target[0] if self._target is not None else None
-        if not outcome.ok or image is None or image not in self.viewer.layers:
+        if self.closed or not outcome.ok or image is None or image not in self.viewer.layers:
             return
         labels = outcome.result
         spatial = spatial_kwargs(image, None if getattr(image, "rgb", False)

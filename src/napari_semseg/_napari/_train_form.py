@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLineEdit,
     QPushButton,
@@ -27,7 +26,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import SemSegError
 from ..core.settings import TrainSettings, option_fields
-from ._fields import DeviceField, LayerCombo, ModelField
+from ._fields import DeviceField, LayerCombo, ModelField, is_plugin_result
 from ._form import SettingsForm
 from ._layers import (
     KEY,
@@ -39,6 +38,7 @@ from ._layers import (
     layer_source,
     spatial_kwargs,
 )
+from ._layout import foldable
 from ._plans import TrainPlan
 
 # The widget starts from a small, fast network (that of the bundled sample models): on a CPU it
@@ -46,7 +46,7 @@ from ._plans import TrainPlan
 GUI_DEFAULTS = {"encoder": "mobilenet_v2", "encoder_weights": "auto", "encoder_depth": 4,
                 "decoder_channels": "64,32,16,16", "time_budget": 120.0, "steps_per_epoch": 20}
 ADVANCED = ["encoder_depth", "decoder_channels", "steps_per_epoch", "batch_size", "patch_size",
-            "learning_rate", "augment", "adversarial", "pseudo_labels"]
+            "learning_rate", "augment", "threads", "adversarial", "pseudo_labels"]
 
 
 def _combo(name: str, items: Any, current: str, editable: bool = False) -> QComboBox:
@@ -69,11 +69,12 @@ class TrainForm(QWidget):
         from ..core.models import ARCHITECTURES
 
         self.viewer = viewer
-        self.image = LayerCombo(viewer, Image)
+        self.image = LayerCombo(viewer, Image, follow=True)
         self.image.setObjectName("image")
-        self.annotations = LayerCombo(viewer, Labels)
+        self.annotations = LayerCombo(viewer, Labels, follow=True)
         self.annotations.setObjectName("annotations")
-        self.annotations.setToolTip("a Labels layer with strokes: 0 = not annotated, 1..K classes")
+        self.annotations.setToolTip("a Labels layer with strokes: 0 = not annotated, 1..K classes "
+                                    "(napari-semseg's own results are listed last)")
         self.new_button = QPushButton("New")
         self.new_button.setObjectName("new_annotations")
         self.new_button.setToolTip("create an empty annotation layer matching the image, with "
@@ -115,12 +116,7 @@ class TrainForm(QWidget):
                              ("encoder start", self.encoder_weights),
                              ("device", self.device)):
             rows.addRow(label, field)
-        advanced = QGroupBox("advanced")
-        advanced.setCheckable(True)
-        advanced.setChecked(False)
-        QVBoxLayout(advanced).addWidget(self.advanced)
-        advanced.toggled.connect(self.advanced.setVisible)
-        self.advanced.setVisible(False)
+        advanced = foldable("advanced", self.advanced, False, "advanced_box")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(rows)
@@ -202,10 +198,15 @@ class TrainForm(QWidget):
 
             check_start_setting(settings)
         annotations = np.array(ann_data, copy=True)  # never hand the live layer to the trainer
-        names, colors = self._classes(ann, annotations, meta)
+        names, colors, notes = self._classes(ann, annotations, meta)
+        if is_plugin_result(ann):
+            notes.insert(0, f"training on '{ann.name}', a result of napari-semseg: every pixel "
+                            "it labels counts as a stroke; pick your painted layer under "
+                            "annotations unless that is what you want")
         loader = (lambda: continue_from) if continue_from is not None else \
             self.base_model.loader()
-        return TrainPlan(image, ann, source, annotations, settings, names, colors, loader)
+        return TrainPlan(image, ann, source, annotations, settings, names, colors, loader,
+                         tuple(notes))
 
     def settings(self) -> TrainSettings:
         """The training settings of the fields (checked: device available, values in range)."""
@@ -235,16 +236,24 @@ class TrainForm(QWidget):
         return None if self.base_model.is_new() else self.base_model.metadata()
 
     @staticmethod
-    def _classes(ann: Any, annotations: np.ndarray, meta: Any) -> tuple[list[str], list[str]]:
-        """Class names and colours: the layer's, the model's own for the model's classes."""
+    def _classes(ann: Any, annotations: np.ndarray, meta: Any
+                 ) -> tuple[list[str], list[str], list[str]]:
+        """Class names and colours (the layer's; the model's own for the model's classes) and
+        a note when the two disagree: names are never replaced silently."""
         top = int(annotations.max()) if annotations.size else 0
         named = layer_classes(ann)[0]
         n = max(top, len(named), meta.classes if meta is not None else 0)
         names, colors = layer_classes(ann, n)
+        notes: list[str] = []
         if meta is not None:  # keep the model's own names/colours for its classes
+            k = min(meta.classes, len(named))
+            if named[:k] != list(meta.class_names[:k]):
+                notes.append(f"class names of '{ann.name}' ({', '.join(named[:k])}) differ from "
+                             f"the model's ({', '.join(meta.class_names[:k])}); the model's are "
+                             "kept: choose 'new model' under start from to use the layer's")
             names[:meta.classes] = meta.class_names[:n]
             colors[:meta.classes] = meta.class_colors[:n]
-        return names, colors
+        return names, colors, notes
 
     def disconnect_viewer(self) -> None:
         self.image.disconnect_viewer()

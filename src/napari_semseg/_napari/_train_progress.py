@@ -4,6 +4,7 @@ entry in napari's activity dock. Steps continue across Continue, so the plot goe
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from qtpy.QtWidgets import QProgressBar
@@ -52,10 +53,11 @@ class TrainProgress:
             self.plot.add_iou(step, miou)
         self._show_bar(event)
         parts = [f"epoch {event.epoch}", f"step {event.step}"]
-        if event.loss is not None:
+        if event.loss is not None and math.isfinite(event.loss):  # no "loss nan" before a step
             parts.append(f"loss {event.loss:.3f}")
-        if miou is not None:
-            parts.append(f"val mIoU {miou:.3f}")
+        best = self.plot.best_iou()
+        if miou is not None and best is not None:
+            parts.append(f"val mIoU {miou:.3f} (best {best:.3f}, kept)")
         if event.eta is not None:
             parts.append(f"ETA {event.eta:.0f} s")
         self.status.info(" · ".join(parts))

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..core.model_health import training_warnings
 from ._jobs import Job, Outcome
 from ._plans import TrainPlan
 from ._preview import LivePreview
@@ -35,8 +36,10 @@ class TrainingRun:
     """
 
     def __init__(self, viewer: Any, progress: TrainProgress, strokes: StrokeFeed,
-                 preview: LivePreview, finished: Callable[[], None]) -> None:
+                 preview: LivePreview, finished: Callable[[], None],
+                 name: Callable[[], str] | None = None) -> None:
         self.viewer = viewer
+        self._name = name  # the name the user typed for the next model ("" = automatic)
         self.progress, self.strokes, self.preview = progress, strokes, preview
         self._finished = finished
         self.job: Job | None = None
@@ -74,6 +77,11 @@ class TrainingRun:
         self.job.stop()
         return True
 
+    def shutdown(self) -> None:
+        """Stop the running job and wait for it; its outcome is handled before this returns."""
+        if self.job is not None:
+            self.job.shutdown()
+
     def _on_event(self, event: Any) -> None:
         self.progress.show(event)
         if event.model is not None:  # an epoch's best model, or the first answer at the start
@@ -91,14 +99,28 @@ class TrainingRun:
             self.progress.status.error(outcome.error or "training failed")
         self._finished()
 
+    def _new_name(self, meta: Any) -> str:
+        """The typed name (made unique with the time if taken), else architecture and time."""
+        stamp = time.strftime("%H:%M:%S")
+        typed = (self._name() if self._name is not None else "").strip()
+        if not typed:
+            return f"{meta.arch}/{meta.encoder} {stamp}"
+        return f"{typed} {stamp}" if typed in trained_models(self.viewer) else typed
+
     def _keep(self, model: Any, seconds: float) -> None:
         """Keep the trained model, offer it to the Segment widget and preview it."""
         self.model = model
         meta = model.metadata
-        self.model_name = f"{meta.arch}/{meta.encoder} {time.strftime('%H:%M:%S')}"
+        self.model_name = self._new_name(meta)
         trained_models(self.viewer).add(self.model_name, model)
-        best = (meta.training or {}).get("best") if isinstance(meta.training, dict) else None
+        record = meta.training if isinstance(meta.training, dict) else {}
+        best = (record.get("best_metrics") or {}).get("mean_iou", record.get("best"))
         note = f", best val mIoU {best:.3f}" if isinstance(best, (int, float)) else ""
-        self.progress.status.info(f"trained in {seconds:.0f} s{note}: '{self.model_name}' is "
-                                  "ready in the Segment widget; Save model… to keep it")
+        text = (f"trained in {seconds:.1f} s{note}: '{self.model_name}' is ready in the "
+                "Segment widget; Save model… to keep it")
+        warnings = training_warnings(record, list(meta.class_names))
+        if warnings:  # a model that predicts one class must not look fine
+            self.progress.status.warning(f"{text}. Warning: {' '.join(warnings)}")
+        else:
+            self.progress.status.info(text)
         self.preview.offer(model, force=True)

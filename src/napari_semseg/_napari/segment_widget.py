@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -35,12 +34,21 @@ from ..core.predict import iter_segment  # noqa: E402
 from ..core.progress import PredictProgress  # noqa: E402
 from ..core.settings import PredictSettings  # noqa: E402
 from ..core.writers import partial_path  # noqa: E402
-from ._fields import DeviceField, LayerCombo, ModelField, StatusLine  # noqa: E402
+from ._fields import (  # noqa: E402
+    DeviceField,
+    LayerCombo,
+    ModelField,
+    StatusLine,
+    is_plugin_result,
+)
 from ._form import SettingsForm  # noqa: E402
 from ._jobs import Job, Outcome  # noqa: E402
 from ._layers import KEY, geo_tags_of, layer_source, spatial_kwargs  # noqa: E402
+from ._layout import scrolling_layout  # noqa: E402
+from ._lifetime import CloseWatcher  # noqa: E402
 from ._outputs import ResultLayers  # noqa: E402
 from ._plans import SegmentPlan  # noqa: E402
+from ._save_labels import LabelsSaver  # noqa: E402
 
 LAZY_PIXELS = 64 * 2**20  # larger outputs are written to a zarr store and shown lazily
 REFRESH_MS = 250  # coalesce layer redraws
@@ -72,8 +80,9 @@ class SegmentWidget(QWidget):
         self.results: ResultLayers | None = None
         self._pbar: Any = None
         self._started = 0.0
+        self._tiles = (0, 0)  # tiles done / total, as last reported by the running job
 
-        self.image = LayerCombo(napari_viewer, Image)
+        self.image = LayerCombo(napari_viewer, Image, follow=True)
         self.image.setObjectName("image")
         self.image.setToolTip("the image layer to segment")
         self.model = ModelField(napari_viewer)
@@ -89,6 +98,15 @@ class SegmentWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("cancel")
         self.cancel_button.setEnabled(False)
+        self.save_button = QPushButton("Save labels…")
+        self.save_button.setObjectName("save_labels")
+        self.save_button.setToolTip("write the result labels to a TIFF or OME-Zarr file")
+        self.save_button.setEnabled(False)
+        self.all_button = QPushButton("Segment all open images")
+        self.all_button.setObjectName("run_all")
+        self.all_button.setToolTip("one image after the other, each with the model chosen")
+        self.saver = LabelsSaver(self._saved)
+        self._queue: list[Any] = []  # images still to segment (Segment all open images)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -102,10 +120,12 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        buttons.addWidget(self.save_button)
+        layout = scrolling_layout(self)  # fits a laptop screen: the dock scrolls
         layout.addLayout(form)
         layout.addWidget(self.form)
         layout.addLayout(buttons)
+        layout.addWidget(self.all_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -117,11 +137,14 @@ class SegmentWidget(QWidget):
 
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.save_button.clicked.connect(self._save_dialog)
+        self.all_button.clicked.connect(self.run_all)
         self.model.changed.connect(self._model_changed)
         self.model.loaded.connect(self._model_changed)
         self.image.currentIndexChanged.connect(self._image_changed)
         self._image_changed()
         self._model_changed()
+        self.closing = CloseWatcher(self, self.shutdown)
 
     # field reactions -------------------------------------------------------------------------
     def _image_changed(self, *_: Any) -> None:
@@ -186,45 +209,86 @@ class SegmentWidget(QWidget):
         self._set_running(True)
         self.status.info("loading the model…")
         self._started = time.perf_counter()
+        self._tiles = (0, 0)
         self.job = Job(job, self._on_event, self._on_done).start()
         return self.job
 
+    def run_all(self) -> Job | None:
+        """Segment every open image (not the plugin's results), one job after the other."""
+        images = [ly for ly in self.image.layers() if not is_plugin_result(ly)]
+        if not images:
+            self.status.error("no image layer: open an image (File > Open) or a sample "
+                              "(File > Open Sample > napari-semseg) first")
+            return None
+        self.image.select(images[0])
+        job = self.run()
+        self._queue = images[1:] if job is not None else []
+        return job
+
+    def _run_next(self, outcome: Outcome) -> None:
+        """After a job of Segment all: start the next image (a cancel or an error stops)."""
+        if not outcome.ok:
+            self._queue = []
+        while self._queue:
+            layer = self._queue.pop(0)
+            if layer in self.viewer.layers:
+                self.image.select(layer)
+                if self.run() is None:
+                    self._queue = []
+                return
+
     def cancel(self) -> None:
-        """Stop the running segmentation after the current batch."""
+        """Stop the running segmentation after the current batch (and the images queued)."""
+        self._queue = []
         if self.job is not None and self.job.running:
             self.job.stop()
             self.status.info("cancelling…")
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
+        self.all_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self.save_button.setEnabled(not running and self._result_layer() is not None)
         for w in (self.image, self.model, self.device, self.form):
             w.setEnabled(not running)
 
-    def _on_event(self, event: PredictProgress) -> None:
-        results = self.results
-        if results is None:
-            return
-        if event.total and self._pbar is None:
-            from napari.utils import progress
+    def _live(self) -> bool:
+        """True while the current job runs (its end may be handled re-entrantly: napari's
+        progress and layer calls process queued Qt events)."""
+        return self.results is not None and self.job is not None and self.job.running
 
-            self._pbar = progress(total=event.total, desc="napari-semseg: segment")
+    def _on_event(self, event: PredictProgress) -> None:
+        if not self._live():
+            return
+        if event.total:  # plain Qt setters first: they never process events
+            self._tiles = (event.done, event.total)
             self.progress.setRange(0, event.total)
-        if results.store is not None and not results.layers and event.total:
+            self.progress.setValue(event.done)
+            self.status.info(f"{event.done}/{event.total} tiles · {event.message}")
+        elif event.message:
+            self.status.info(event.message)
+        self._show_activity(event)
+        results = self.results
+        if self._live() and results.store is not None and not results.layers and event.total:
             import zarr
 
             results.create_from_store(zarr.open_group(str(partial_path(results.store)),
                                                       mode="r"))
+        if not self._live():  # the job ended meanwhile: its last events are stale
+            return
         results.received(event.chunks)
-        if event.total:
-            self.progress.setValue(event.done)
-            if self._pbar is not None:
-                self._pbar.update(event.done - self._pbar.n)
-            self.status.info(f"{event.done}/{event.total} tiles · {event.message}")
-        elif event.message:
-            self.status.info(event.message)
         if results.dirty and not self._refresh_timer.isActive():
             self._refresh_timer.start()
+
+    def _show_activity(self, event: PredictProgress) -> None:
+        """The job's entry in napari's activity dock."""
+        if not event.total:
+            return
+        if self._pbar is None:
+            from napari.utils import progress
+
+            self._pbar = progress(total=event.total, desc="napari-semseg: segment")
+        self._pbar.update(event.done - self._pbar.n)
 
     def _refresh(self) -> None:
         if self.results is not None:
@@ -247,11 +311,55 @@ class SegmentWidget(QWidget):
                 results.abandon()
             self.progress.setValue(0)
             if outcome.cancelled:
-                self.status.info("cancelled; the unfinished result is marked (incomplete)"
-                                 if results is not None and results.layers else "cancelled")
+                self.status.info(self._cancelled_text(results))
             else:
                 self.status.error(outcome.error or "segmentation failed")
         self._set_running(False)
+        if self._queue:
+            QTimer.singleShot(0, lambda: self._run_next(outcome))
+
+    # saving ------------------------------------------------------------------------------------
+    def _result_layer(self) -> Any:
+        layer = self.results.layers.get("labels") if self.results is not None else None
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def save_labels_to(self, path: str, overwrite: bool = False) -> Job | None:
+        """Write the result labels to ``path`` (.tif or .ome.zarr) in a worker; None after
+        showing why not (nothing segmented, file exists, bad name)."""
+        layer = self._result_layer()
+        if layer is None:
+            self.status.error("nothing to save: segment an image first")
+            return None
+        try:
+            job = self.saver.save(layer, path, overwrite=overwrite)
+        except SemSegError as exc:
+            self.status.error(str(exc))
+            return None
+        self.status.info(f"saving '{layer.name}'…")
+        return job
+
+    def _save_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        layer = self._result_layer()
+        name = f"{layer.name}.tif" if layer is not None else "labels.tif"
+        path, _ = QFileDialog.getSaveFileName(self, "Save the result labels", name,
+                                              "TIFF (*.tif *.tiff);;OME-Zarr (*.ome.zarr)")
+        if path:  # the dialog asked before replacing an existing file
+            self.save_labels_to(path, overwrite=True)
+
+    def _saved(self, text: str, ok: bool) -> None:
+        if ok:
+            self.status.info(text)
+        else:
+            self.status.error(text)
+
+    def _cancelled_text(self, results: ResultLayers | None) -> str:
+        done, total = self._tiles
+        text = f"cancelled after {done}/{total} tiles" if total else "cancelled"
+        if results is not None and results.layers:
+            text += "; the unfinished result is marked (incomplete)"
+        return text
 
     # lifetime --------------------------------------------------------------------------------
     def wait(self, timeout: float = 60.0) -> None:
@@ -265,8 +373,11 @@ class SegmentWidget(QWidget):
             QApplication.processEvents()
             time.sleep(0.005)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
-        if self.job is not None and self.job.running:
-            self.job.stop()
+    def shutdown(self) -> None:
+        """The viewer or the dock is closing: stop the job, wait for it, mark an unfinished
+        result "(incomplete)", and stop following the viewer's layers."""
+        self._queue = []
+        if self.job is not None:
+            self.job.shutdown()
+        self.saver.shutdown()
         self.image.disconnect_viewer()
-        super().closeEvent(event)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from ._backend import load_backend
 
@@ -25,6 +25,8 @@ from ..core.errors import SemSegError  # noqa: E402
 from ..core.models import save_model  # noqa: E402
 from ._fields import StatusLine  # noqa: E402
 from ._jobs import Job  # noqa: E402
+from ._layout import foldable, scrolling_layout  # noqa: E402
+from ._lifetime import CloseWatcher  # noqa: E402
 from ._preview import LivePreview  # noqa: E402
 from ._strokes import StrokeFeed  # noqa: E402
 from ._train_form import TrainForm  # noqa: E402
@@ -60,8 +62,14 @@ class TrainWidget(QWidget):
         self.strokes.sent.connect(
             lambda: self.status.info("new strokes will be used from the next epoch"))
         self.preview = LivePreview(napari_viewer, self.inputs.live_preview.isChecked, self)
+        self.name_field = QLineEdit()
+        self.name_field.setObjectName("model_name")
+        self.name_field.setPlaceholderText("name of the trained model (default: arch/encoder "
+                                           "and time)")
+        self.name_field.setToolTip("how the trained model is listed in the Segment widget")
         self.runner = TrainingRun(napari_viewer, self.progress, self.strokes, self.preview,
-                                  finished=lambda: self._set_running(False))
+                                  finished=lambda: self._set_running(False),
+                                  name=self.name_field.text)
         self.train_button = _button("Train", "train")
         self.stop_button = _button("Stop", "stop")
         self.continue_button = _button("Continue", "continue",
@@ -76,16 +84,18 @@ class TrainWidget(QWidget):
         self.continue_button.clicked.connect(self.continue_training)
         self.save_button.clicked.connect(self._save_dialog)
         self._set_running(False)
+        self.closing = CloseWatcher(self, self.shutdown)
 
     def _lay_out(self) -> None:
         buttons = QHBoxLayout()
         for b in (self.train_button, self.stop_button, self.continue_button):
             buttons.addWidget(b)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)  # fits a laptop screen: the dock scrolls
         layout.addWidget(self.inputs)
         layout.addLayout(buttons)
-        for w in (self.progress.bar, self.progress.plot, self.save_button, self.next_region,
-                  self.status):
+        layout.addWidget(self.progress.bar)
+        layout.addWidget(foldable("plot", self.progress.plot, True, "plot_box"))
+        for w in (self.name_field, self.save_button, self.next_region, self.status):
             layout.addWidget(w)
         layout.addStretch(1)
 
@@ -133,7 +143,10 @@ class TrainWidget(QWidget):
             self.status.error(str(exc))
             return None
         self._set_running(True)
-        return self.runner.start(plan, continued=continue_from is not None)
+        job = self.runner.start(plan, continued=continue_from is not None)
+        if plan.notes:
+            self.status.warning("; ".join(plan.notes))
+        return job
 
     def stop(self) -> None:
         """Stop training; the best model so far is kept."""
@@ -182,10 +195,11 @@ class TrainWidget(QWidget):
             QApplication.processEvents()
             time.sleep(0.005)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
-        self.runner.stop()
-        self.preview.stop()
+    def shutdown(self) -> None:
+        """The viewer or the dock is closing: stop training and preview, wait for both (the
+        best model so far is kept), and stop following the viewer's layers."""
+        self.preview.close()
         self.next_region.stop()
+        self.runner.shutdown()
         self.strokes.stop()
         self.inputs.disconnect_viewer()
-        super().closeEvent(event)
