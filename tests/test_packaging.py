@@ -30,6 +30,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_contains_manifest_and_samples(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "napari_semseg/napari.yaml" in names
+    assert "napari_semseg/py.typed" in names  # type hints are part of the API
     for sample in ("em.tif", "em_labels.tif", "aerial.tif", "aerial_labels.tif"):
         assert f"napari_semseg/sample_data/{sample}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
