@@ -348,7 +348,8 @@ class TrainSettings:
     adversarial: float = _opt(0.0, "weight of the adversarial term: a small spectral-norm "
                                    "discriminator on (image, label map) pairs learns to tell the "
                                    "painted truth from predictions and the network learns to fool "
-                                   "it (0 = off; measured: no reliable gain, see the README)",
+                                   "it (0 = off, the default: not yet measured on enough data "
+                                   "sets to turn on; see the README)",
                               minimum=0.0, maximum=10.0, step=0.01)
     pseudo_labels: bool = _opt(False, "from 30 % of the run on, also train on unpainted pixels the "
                                       "model is sure of (the discriminator's confidence with "
