@@ -54,6 +54,7 @@ else:  # train, closed while the live preview of the field of view runs
     out["preview_running_at_close"] = w.preview.running
     preview_job = w.preview.job
     layers = []
+out["job_running_at_close"] = job.running
 viewer.close()
 out["job_running_after_close"] = job.running
 out["outcome"] = "ok" if job.outcome.ok else ("cancelled" if job.outcome.cancelled else "error")
@@ -85,6 +86,7 @@ def _close_viewer_mid_job(tmp_path, what: str) -> dict:
 
 def test_closing_the_viewer_while_segment_runs_exits_cleanly(tmp_path):
     out = _close_viewer_mid_job(tmp_path, "segment")
+    assert out["job_running_at_close"] is True  # the viewer closed mid-segmentation
     assert out["job_running_after_close"] is False
     assert out["outcome"] == "cancelled"
     # the half-filled result is marked as such, not left looking complete
@@ -94,6 +96,7 @@ def test_closing_the_viewer_while_segment_runs_exits_cleanly(tmp_path):
 
 def test_closing_the_viewer_while_training_and_previewing_exits_cleanly(tmp_path):
     out = _close_viewer_mid_job(tmp_path, "train")
+    assert out["job_running_at_close"] is True  # the viewer closed mid-training
     assert out["job_running_after_close"] is False
     assert out["preview_running_after_close"] is False
     assert out["outcome"] in ("ok", "cancelled"), out  # stopping training keeps the best model
