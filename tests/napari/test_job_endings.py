@@ -25,11 +25,10 @@ from qtpy.QtWidgets import QApplication
 
 def pump_until(cond, timeout):
     end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise SystemExit("scene not reached: " + WHAT)
+    while not cond() and time.monotonic() < end:
         QApplication.processEvents()
         time.sleep(0.01)
+    return cond()
 
 WHAT = sys.argv[1]
 viewer = napari.Viewer(show=True)
@@ -40,7 +39,7 @@ if WHAT == "segment":
     w.form.set(tile=128, overlap=16)
     job = w.run()
     assert job is not None, w.status.text()
-    pump_until(lambda: w.results is not None and w.results.chunks_received > 0, 240)
+    assert pump_until(lambda: w.results is not None and w.results.chunks_received > 0, 240)
     layers = list(w.results.layers.values())
 else:  # train, closed while the live preview of the field of view runs
     image, strokes = viewer.open_sample("napari-semseg", "em_training")
@@ -48,12 +47,14 @@ else:  # train, closed while the live preview of the field of view runs
     w.inputs.image.select(image)
     w.inputs.annotations.select(strokes)
     w.inputs.form.set(time_budget=300.0)
+    w.inputs.advanced.set(steps_per_epoch=2)  # a first epoch (and preview) soon, even on a busy CPU
     job = w.train()
     assert job is not None, w.status.text()
-    pump_until(lambda: w.preview.running or not job.running, 240)
+    pump_until(lambda: w.preview.running or not job.running, 300)
     out["preview_running_at_close"] = w.preview.running
     preview_job = w.preview.job
     layers = []
+out["job_running_at_close"] = job.running
 viewer.close()
 out["job_running_after_close"] = job.running
 out["outcome"] = "ok" if job.outcome.ok else ("cancelled" if job.outcome.cancelled else "error")
@@ -85,6 +86,7 @@ def _close_viewer_mid_job(tmp_path, what: str) -> dict:
 
 def test_closing_the_viewer_while_segment_runs_exits_cleanly(tmp_path):
     out = _close_viewer_mid_job(tmp_path, "segment")
+    assert out["job_running_at_close"] is True  # the viewer closed mid-segmentation
     assert out["job_running_after_close"] is False
     assert out["outcome"] == "cancelled"
     # the half-filled result is marked as such, not left looking complete
@@ -94,6 +96,7 @@ def test_closing_the_viewer_while_segment_runs_exits_cleanly(tmp_path):
 
 def test_closing_the_viewer_while_training_and_previewing_exits_cleanly(tmp_path):
     out = _close_viewer_mid_job(tmp_path, "train")
+    assert out["job_running_at_close"] is True  # the viewer closed mid-training
     assert out["job_running_after_close"] is False
     assert out["preview_running_after_close"] is False
     assert out["outcome"] in ("ok", "cancelled"), out  # stopping training keeps the best model

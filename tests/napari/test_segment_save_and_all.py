@@ -57,3 +57,15 @@ def test_save_labels_writes_the_result_and_never_replaces_silently(viewer, h, tm
     size = path.stat().st_size
     assert w.save_labels_to(str(path)) is None  # exists: refused with one line
     assert "exists" in w.status.text() and path.stat().st_size == size
+
+
+def test_uncertainty_is_hidden_and_not_added_over_the_labels(viewer, h, tiny_model_file):
+    _images(viewer, 1)
+    w = _segment_widget(viewer, h, tiny_model_file)
+    w.form.set(uncertainty=True)
+    job = w.run()
+    w.wait(120)
+    assert job.outcome.ok, w.status.text()
+    unc = w.results.layers["uncertainty"]
+    assert not unc.visible and unc.blending != "additive"
+    assert w.results.layers["labels"].visible

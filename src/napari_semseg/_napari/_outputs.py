@@ -118,7 +118,8 @@ class ResultLayers:
         if "uncertainty" in arrays:
             layer = Image(arrays["uncertainty"], name=f"{self.name} uncertainty",
                           colormap="magma", contrast_limits=(0, 255), opacity=0.7,
-                          blending="additive", metadata=self._marker("uncertainty"),
+                          visible=False,  # shown on demand; not added over the labels
+                          blending="translucent", metadata=self._marker("uncertainty"),
                           **self.spatial)
             self.layers["uncertainty"] = put_layer(self.viewer, layer, "uncertainty",
                                                    self.source_id)

@@ -116,9 +116,11 @@ class LivePreview(QObject):
     def running(self) -> bool:
         return self.job is not None and self.job.running
 
-    def begin(self, image: Any, source: Any, device: str) -> None:
-        """Preview ``image`` (read as ``source``) on ``device`` from now on."""
+    def begin(self, image: Any, source: Any, device: str, below: Any = None) -> None:
+        """Preview ``image`` (read as ``source``) on ``device`` from now on; a new preview
+        layer goes ``below`` that layer (the strokes stay visible over it)."""
         self._target = (image, source, device)
+        self._below = below
         self._last = 0.0
 
     def offer(self, model: Any, force: bool = False) -> None:
@@ -217,6 +219,10 @@ class LivePreview(QObject):
                        features=class_features(meta.class_names), metadata={KEY: marker},
                        **spatial)
         put_layer(self.viewer, layer, "preview", image.unique_id)
+        below = getattr(self, "_below", None)
+        layers = self.viewer.layers
+        if below is not None and below in layers and layers.index(layer) > layers.index(below):
+            layers.move(layers.index(layer), layers.index(below))
         if active is not None and active in self.viewer.layers:  # keep painting where one was
             self.viewer.layers.selection.active = active
 

@@ -65,7 +65,8 @@ class TrainingRun:
                 feed=feed, should_stop=should_stop))
 
         self.progress.begin(plan.settings.time_budget, continued)
-        self.preview.begin(plan.image, plan.source, plan.settings.device)
+        self.preview.begin(plan.image, plan.source, plan.settings.device,
+                           below=plan.annotations_layer)
         self._started = time.perf_counter()
         self.job = Job(job, self._on_event, self._on_done).start()
         return self.job

@@ -44,7 +44,7 @@ from ._fields import (  # noqa: E402
 from ._form import SettingsForm  # noqa: E402
 from ._jobs import Job, Outcome  # noqa: E402
 from ._layers import KEY, geo_tags_of, layer_source, spatial_kwargs  # noqa: E402
-from ._layout import scrolling_layout  # noqa: E402
+from ._layout import FitsLaptop, scrolling_layout  # noqa: E402
 from ._lifetime import CloseWatcher  # noqa: E402
 from ._outputs import ResultLayers  # noqa: E402
 from ._plans import SegmentPlan  # noqa: E402
@@ -61,7 +61,7 @@ def cache_dir() -> Path:
     return path
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(FitsLaptop, QWidget):
     """Segment an image layer; the Labels layer fills tile by tile.
 
     Parameters

@@ -25,7 +25,7 @@ from ..core.errors import SemSegError  # noqa: E402
 from ..core.models import save_model  # noqa: E402
 from ._fields import StatusLine  # noqa: E402
 from ._jobs import Job  # noqa: E402
-from ._layout import foldable, scrolling_layout  # noqa: E402
+from ._layout import FitsLaptop, foldable, scrolling_layout  # noqa: E402
 from ._lifetime import CloseWatcher  # noqa: E402
 from ._preview import LivePreview  # noqa: E402
 from ._strokes import StrokeFeed  # noqa: E402
@@ -43,7 +43,7 @@ def _button(text: str, name: str, tip: str = "") -> QPushButton:
     return button
 
 
-class TrainWidget(QWidget):
+class TrainWidget(FitsLaptop, QWidget):
     """Train / Stop / Continue a model on painted strokes; live plot and preview; Save model.
 
     Parameters
