@@ -76,14 +76,14 @@ def window_order(groups: dict[BlockKey, np.ndarray], rng: np.random.Generator) -
     """Blocks in an order that covers every class early: classes take turns, each taking the
     unused block with most of its sampled pixels (ties broken at random)."""
     keys = [list(groups)[i] for i in rng.permutation(len(groups))]
-    counts = np.stack([np.bincount(groups[k][:, 2], minlength=1 + max(
-        int(g[:, 2].max()) for g in groups.values())) for k in keys]).astype(float)
+    n_classes = 1 + max(int(g[:, 2].max()) for g in groups.values())
+    counts = np.stack([np.bincount(groups[k][:, 2], minlength=n_classes) for k in keys])
     order: list[BlockKey] = []
     used = np.zeros(len(keys), bool)
     classes = [c for c in range(counts.shape[1]) if counts[:, c].any()]
     while not used.all():
         for c in classes:
-            score = np.where(used, -1.0, counts[:, c])
+            score = np.where(used, -1, counts[:, c])
             best = int(np.argmax(score))
             if used[best]:
                 break

@@ -12,9 +12,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -56,7 +57,8 @@ class FeatureHeadSettings:
     hidden: int = _opt(DEFAULT_HIDDEN, "hidden units of the MLP head (0: linear head)")
     raw: bool = _opt(True, "also feed the normalized pixel values to the head")
     max_pixels: int = _opt(40_000, "painted pixels sampled (class-balanced)", min=100)
-    block: int = _opt(512, "edge of the windows in which features are computed", min=64)
+    block: int = _opt(1024, "edge of the windows in which features are computed", min=64)
+    context: int = _opt(HALO, "image context read around each window, in pixels", min=0)
     steps: int = _opt(200, "optimizer steps of the head", min=1)
     batch_size: int = _opt(2048, "pixels per step", min=16)
     learning_rate: float = _opt(1e-2, "Adam learning rate of the head")
@@ -116,8 +118,9 @@ def train_head(sample: PixelSample, n_classes: int, settings: FeatureHeadSetting
     weight = torch.where(counts > 0, counts.sum() / (counts.clamp(min=1) * (counts > 0).sum()),
                          torch.zeros_like(counts))
     dims = [x.shape[1]] + ([settings.hidden] if settings.hidden else []) + [n_classes]
-    layers = [torch.nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])]
-    mlp = torch.nn.Sequential(*sum(([m, torch.nn.ReLU()] for m in layers), [])[:-1])
+    layers = [torch.nn.Linear(a, b) for a, b in itertools.pairwise(dims)]
+    mlp = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1]) if settings.hidden \
+        else layers[0]
     opt = torch.optim.Adam(mlp.parameters(), lr=settings.learning_rate,
                            weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.steps)
@@ -185,13 +188,16 @@ def iter_fit_feature_head(images: list[ImageSource], annotations: list[ImageSour
     if len(index.classes_present) < 2:
         raise SemSegError("paint at least two classes (labels 1..K; 0 means not painted)")
     groups = choose_pixels(index, n_classes, settings.max_pixels, rng)
-    job = iter_pixel_features(net, images, normalization, groups, settings.block, HALO, rng=rng,
+    job = iter_pixel_features(net, images, normalization, groups, settings.block,
+                              settings.context, rng=rng,
                               device=device, deadline=started + FEATURE_SHARE * (end - started))
     sample = yield from _relay_features(job, started)
     yield FitProgress("head", 0, settings.steps, time.perf_counter() - started,
                       f"training the head on {len(sample.labels)} pixels")
     fitted = time.perf_counter()
-    layers, mean, std, info = train_head(sample, n_classes, settings, deadline=end)
+    # the head keeps its share of the budget even when the last feature window ran late
+    deadline = max(end, fitted + (1 - FEATURE_SHARE) * budget) if budget else math.inf
+    layers, mean, std, info = train_head(sample, n_classes, settings, deadline=deadline)
     model.net.cpu().set_head(layers, mean, std)
     model.metadata.training = _provenance(settings, index.counts, sample, info,
                                           time.perf_counter() - fitted,
@@ -217,6 +223,6 @@ def _provenance(settings: FeatureHeadSettings, counts: np.ndarray, sample: Pixel
     return {"kind": "feature-head", "settings": {k: list(v) if isinstance(v, tuple) else v
                                                  for k, v in asdict(settings).items()},
             "annotated_pixels": [int(c) for c in counts[1:]],
-            "sampled_pixels": int(len(sample.labels)), "windows": sample.windows,
+            "sampled_pixels": len(sample.labels), "windows": sample.windows,
             "windows_total": sample.windows_total, "features_s": round(sample.seconds, 3),
             "fit_s": round(fit_s, 3), "time_s": round(total_s, 3), **info}

@@ -21,6 +21,7 @@ is exactly the head of the tiled forward pass.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,7 +92,7 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
 
     for parent in module.modules():
         names = list(parent._modules)
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             conv, bn = parent._modules[a], parent._modules[b]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 parent._modules[a] = fuse_conv_bn_eval(conv.eval(), bn.eval())
@@ -99,10 +100,20 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+def taps_per_scale(scales: Sequence[int], taps: Sequence[Any]) -> list[list[int]]:
+    """``taps`` as one sorted list per scale: a flat list applies to every scale."""
+    if taps and all(isinstance(t, (list, tuple)) for t in taps):
+        if len(taps) != len(scales):
+            raise ValueError(f"{len(taps)} tap lists for {len(scales)} scales")
+        return [sorted(int(t) for t in ts) for ts in taps]
+    return [sorted(int(t) for t in taps) for _ in scales]
+
+
 def feature_head_stride(scales: Sequence[int] = DEFAULT_SCALES,
-                        taps: Sequence[int] = DEFAULT_TAPS, **_: Any) -> int:
+                        taps: Sequence[Any] = DEFAULT_TAPS, **_: Any) -> int:
     """Size multiple the input needs: the coarsest feature map's stride, at least 32."""
-    return max(32, max(scales) * max(TAPS[t][1] if t in TAPS else 1 for t in taps))
+    per = taps_per_scale(scales, taps)
+    return max([32] + [s * TAPS[t][1] for s, ts in zip(scales, per) for t in ts if t in TAPS])
 
 
 class FeatureHeadNet(nn.Module):
@@ -115,7 +126,8 @@ class FeatureHeadNet(nn.Module):
     scales
         Image scales (average-pooling factors) at which the encoder runs.
     taps
-        MobileNetV2 block indices whose outputs are features (keys of :data:`TAPS`).
+        MobileNetV2 block indices whose outputs are features (keys of :data:`TAPS`): one list
+        for every scale, or one list per scale.
     hidden
         Hidden units of the MLP head; 0 makes the head a linear classifier.
     raw
@@ -123,21 +135,22 @@ class FeatureHeadNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, classes: int, *, scales: Sequence[int] = DEFAULT_SCALES,
-                 taps: Sequence[int] = DEFAULT_TAPS, hidden: int = DEFAULT_HIDDEN,
+                 taps: Sequence[Any] = DEFAULT_TAPS, hidden: int = DEFAULT_HIDDEN,
                  raw: bool = True) -> None:
         super().__init__()
-        unknown = sorted(set(taps) - set(TAPS))
-        if unknown or not taps or not scales or min(scales) < 1:
+        per = taps_per_scale(scales, taps)
+        unknown = sorted({t for ts in per for t in ts} - set(TAPS))
+        if unknown or not all(per) or not scales or min(scales) < 1:
             raise ValueError(f"taps must be among {sorted(TAPS)} and scales positive; got taps "
                              f"{list(taps)}, scales {list(scales)}")
         self.in_channels, self.classes = int(in_channels), int(classes)
-        self.scales, self.taps = [int(s) for s in scales], sorted(int(t) for t in taps)
+        self.scales, self.taps = [int(s) for s in scales], per
         self.hidden, self.raw = int(hidden), bool(raw)
-        self.encoder = fold_batch_norms(mobilenet_v2_blocks(max(self.taps)))
+        self.encoder = fold_batch_norms(mobilenet_v2_blocks(max(max(ts) for ts in per)))
         self.encoder.requires_grad_(False)
         width = self.hidden or self.classes
         self.project = nn.ModuleList(
-            nn.Conv2d(TAPS[t][0], width, 1, bias=False) for _ in self.scales for t in self.taps)
+            nn.Conv2d(TAPS[t][0], width, 1, bias=False) for ts in per for t in ts)
         self.project_raw = nn.Conv2d(self.in_channels, width, 1, bias=True)
         if not self.raw:
             self.project_raw.weight.data.zero_()
@@ -153,7 +166,7 @@ class FeatureHeadNet(nn.Module):
     @property
     def feature_channels(self) -> list[int]:
         """Channels of each low-resolution map of :meth:`pyramid`, in order."""
-        return [TAPS[t][0] for _ in self.scales for t in self.taps]
+        return [TAPS[t][0] for ts in self.taps for t in ts]
 
     @property
     def stride(self) -> int:
@@ -174,14 +187,12 @@ class FeatureHeadNet(nn.Module):
         """Low-resolution feature maps of a normalized image: per scale, per tap."""
         rgb = self._rgb(x)
         maps = []
-        for s in self.scales:
+        for s, taps in zip(self.scales, self.taps):
             h = F.avg_pool2d(rgb, s) if s > 1 else rgb
-            for i, block in enumerate(self.encoder):
+            for i, block in enumerate(self.encoder[:taps[-1] + 1]):
                 h = block(h)
-                if i in self.taps:
+                if i in taps:
                     maps.append(h)
-                if i == self.taps[-1]:
-                    break
         return maps
 
     def pixel_features(self, x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
