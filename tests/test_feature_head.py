@@ -15,13 +15,17 @@ from scipy import ndimage
 
 from napari_semseg import build_model, load_model, read_metadata, save_model, segment
 from napari_semseg.core.errors import SemSegError
-from napari_semseg.core.first_answer.api import fit_feature_head
+from napari_semseg.core.first_answer.api import fit_feature_head, open_inputs
+from napari_semseg.core.first_answer.features import choose_pixels
+from napari_semseg.core.first_answer.fit import FeatureHeadSettings, iter_fit_feature_head
 from napari_semseg.core.first_answer.net import (
     FeatureHeadNet,
     fold_batch_norms,
     mobilenet_v2_blocks,
 )
 from napari_semseg.core.first_answer.upsample import cascade_sum, sample_cascade
+from napari_semseg.core.normalize import Normalization
+from napari_semseg.core.sampling import scan_annotations
 
 
 def random_encoder_state(seed: int = 0, last: int = 6) -> dict[str, torch.Tensor]:
@@ -63,7 +67,7 @@ def fitted():
     painted = strokes(labels, 0)
     started = time.perf_counter()
     model = fit_feature_head(image, painted, encoder_state=random_encoder_state(),
-                             class_names=["smooth", "striped"], seed=0)
+                             class_names=["smooth", "striped"], seed=0, steps=100)
     seconds = time.perf_counter() - started
     return model, image, labels, painted, seconds
 
@@ -182,3 +186,22 @@ def test_bad_input_is_refused_before_any_work():
         fit_feature_head(image, labels, encoder_state=state, epochs=3)
     with pytest.raises(SemSegError, match="time_budget"):
         fit_feature_head(image, labels, encoder_state=state, time_budget=0)
+    with pytest.raises(SemSegError, match="MobileNetV2"):
+        fit_feature_head(image, labels, encoder_state={"features.0.0.weight": torch.zeros(1)})
+
+
+def test_held_out_pixels_are_never_sampled_and_checks_run_at_call_time():
+    image, labels = textures((96, 128), 4)
+    painted = strokes(labels, 4, fraction=0.05)
+    sources, annotations = open_inputs(image, painted)
+    index = scan_annotations(annotations, 64, n_classes=2)
+    right_half = lambda rows: rows[:, 3] >= 64
+    groups = choose_pixels(index, 2, 10_000, np.random.default_rng(0), right_half)
+    assert groups and all(key[3] == 0 for key in groups)  # only blocks of the left half
+    assert sum(len(g) for g in groups.values()) == int((painted[:, :64] > 0).sum())
+    everything = lambda rows: np.ones(len(rows), bool)
+    settings = FeatureHeadSettings()
+    with pytest.raises(SemSegError, match="held-out"):  # raised by the call, not by next()
+        iter_fit_feature_head(sources, annotations, n_classes=2, settings=settings,
+                              normalization=Normalization("none"), holdout=everything,
+                              encoder_state=random_encoder_state())

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..errors import SemSegError
 from ..io import ImageSource
 from ..normalize import Normalization
 from ..sampling import AnnotationIndex
@@ -23,6 +24,7 @@ from ..tiling import round_up
 from .net import FeatureHeadNet
 
 BlockKey = tuple[int, int, int, int]  # (image, plane, block row, block column)
+Holdout = Callable[[np.ndarray], np.ndarray]  # rows of (image, plane, y, x) -> leave out?
 
 
 @dataclass
@@ -47,18 +49,25 @@ class FeatureProgress:
 
 
 def choose_pixels(index: AnnotationIndex, n_classes: int, max_pixels: int,
-                  rng: np.random.Generator) -> dict[BlockKey, np.ndarray]:
+                  rng: np.random.Generator, holdout: Holdout | None = None
+                  ) -> dict[BlockKey, np.ndarray]:
     """A class-balanced random sample of annotated pixels, grouped by block.
 
     Each painted class gets up to ``max_pixels // classes painted`` pixels (all of them if it
-    has fewer). Returns ``{block: rows of (y, x, class - 1)}``.
+    has fewer). ``holdout`` maps rows of ``(image, plane, y, x)`` to True for pixels to leave
+    out (a validation split). Returns ``{block: rows of (y, x, class - 1)}``.
     """
-    present = [k for k in range(1, min(n_classes, len(index.points) - 1) + 1)
-               if len(index.points[k])]
-    per_class = max(1, max_pixels // max(1, len(present)))
+    points = {k: index.points[k] for k in range(1, min(n_classes, len(index.points) - 1) + 1)}
+    if holdout is not None:
+        points = {k: p[~np.asarray(holdout(p), bool)] for k, p in points.items()}
+    present = [k for k, p in points.items() if len(p)]
+    if len(present) < 2:
+        raise SemSegError("paint at least two classes (labels 1..K; 0 means not painted)"
+                          + (" outside the held-out part" if holdout is not None else ""))
+    per_class = max(1, max_pixels // len(present))
     rows = []
     for k in present:
-        pts = index.points[k]
+        pts = points[k]
         if len(pts) > per_class:
             pts = pts[rng.choice(len(pts), per_class, replace=False)]
         rows.append(np.column_stack([pts, np.full(len(pts), k - 1)]))

@@ -29,7 +29,7 @@ from ..io import ImageSource
 from ..models import SemSegModel, build_model
 from ..normalize import Normalization
 from ..sampling import scan_annotations
-from .features import FeatureProgress, PixelSample, choose_pixels, iter_pixel_features
+from .features import FeatureProgress, Holdout, PixelSample, choose_pixels, iter_pixel_features
 from .net import DEFAULT_HIDDEN, DEFAULT_SCALES, DEFAULT_TAPS, FeatureHeadNet
 
 ARCH = "feature-head"
@@ -157,7 +157,12 @@ def new_model(in_channels: int, n_classes: int, settings: FeatureHeadSettings,
                         class_colors=class_colors, channel_names=channel_names,
                         normalization=normalization, halo=HALO, scales=list(settings.scales),
                         taps=list(settings.taps), hidden=settings.hidden, raw=settings.raw)
-    model.net.load_encoder_state(dict(encoder_state))
+    try:
+        model.net.load_encoder_state(dict(encoder_state))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0]
+        raise SemSegError(f"encoder_state is not MobileNetV2 weights (features.N.*): {first}"
+                          ) from exc
     return model
 
 
@@ -168,38 +173,49 @@ def iter_fit_feature_head(images: list[ImageSource], annotations: list[ImageSour
                           class_names: list[str] | None = None,
                           class_colors: list[str] | None = None,
                           channel_names: list[str] | None = None,
+                          holdout: Holdout | None = None,
                           ) -> Generator[FitProgress, None, SemSegModel]:
     """Fit a feature-head model on opened, checked inputs; yield progress; return the model.
 
     This is the entry point for the training engine, which has already opened and checked the
     images and annotations (one :class:`~napari_semseg.core.io.ImageSource` each, annotations
-    with one channel, labels 0 = not painted, 1..``n_classes``).
+    with one channel, labels 0 = not painted, 1..``n_classes``). ``holdout`` marks painted
+    pixels to leave out, given rows of ``(image, plane, y, x)`` (the engine's validation
+    blocks), so that the first model and the CNN are compared on the same unseen pixels.
+    Every check runs when this function is called, before the generator is returned.
     """
     started = time.perf_counter()
-    budget = settings.time_budget
-    end = started + budget if budget else math.inf
+    settings.validated()
     rng = np.random.default_rng(settings.seed)
-    device = resolve_device(settings.device)
+    index = scan_annotations(annotations, settings.block, seed=settings.seed, n_classes=n_classes)
+    groups = choose_pixels(index, n_classes, settings.max_pixels, rng, holdout)
     model = new_model(images[0].n_channels, n_classes, settings, encoder_state,
                       class_names=class_names, class_colors=class_colors,
                       channel_names=channel_names, normalization=normalization)
+    return _fit(model, images, groups, index.counts, settings, rng, started)
+
+
+def _fit(model: SemSegModel, images: list[ImageSource], groups: dict, counts: np.ndarray,
+         settings: FeatureHeadSettings, rng: np.random.Generator, started: float
+         ) -> Generator[FitProgress, None, SemSegModel]:
+    """The work of :func:`iter_fit_feature_head`, once every input is checked."""
+    budget = settings.time_budget
+    end = started + budget if budget else math.inf
+    device = resolve_device(settings.device)
     net: FeatureHeadNet = model.net.to(device).eval()
-    index = scan_annotations(annotations, settings.block, seed=settings.seed, n_classes=n_classes)
-    if len(index.classes_present) < 2:
-        raise SemSegError("paint at least two classes (labels 1..K; 0 means not painted)")
-    groups = choose_pixels(index, n_classes, settings.max_pixels, rng)
-    job = iter_pixel_features(net, images, normalization, groups, settings.block,
-                              settings.context, rng=rng,
-                              device=device, deadline=started + FEATURE_SHARE * (end - started))
+    job = iter_pixel_features(net, images, model.metadata.normalization, groups, settings.block,
+                              settings.context, rng=rng, device=device,
+                              deadline=started + FEATURE_SHARE * (end - started))
     sample = yield from _relay_features(job, started)
     yield FitProgress("head", 0, settings.steps, time.perf_counter() - started,
                       f"training the head on {len(sample.labels)} pixels")
     fitted = time.perf_counter()
     # the head keeps its share of the budget even when the last feature window ran late
     deadline = max(end, fitted + (1 - FEATURE_SHARE) * budget) if budget else math.inf
-    layers, mean, std, info = train_head(sample, n_classes, settings, deadline=deadline)
+    layers, mean, std, info = train_head(sample, model.metadata.classes, settings,
+                                         deadline=deadline)
     model.net.cpu().set_head(layers, mean, std)
-    model.metadata.training = _provenance(settings, index.counts, sample, info,
+    model.metadata.training = _provenance(settings, counts, sample, info,
                                           time.perf_counter() - fitted,
                                           time.perf_counter() - started)
     yield FitProgress("head", info["steps"], settings.steps, time.perf_counter() - started,
