@@ -140,14 +140,14 @@ def block_features(net: FeatureHeadNet, source: ImageSource, norm: Normalization
 def iter_pixel_features(net: FeatureHeadNet, images: list[ImageSource], norm: Normalization,
                         groups: dict[BlockKey, np.ndarray], block: int, context: int, *,
                         rng: np.random.Generator, device: torch.device,
-                        deadline: float = math.inf
+                        deadline: float = math.inf, clock: Callable[[], float] = time.perf_counter,
                         ) -> Generator[FeatureProgress, None, PixelSample]:
     """Compute the features of the chosen pixels block by block (see :func:`window_order`).
 
-    Stops early at ``deadline`` (a ``time.perf_counter()`` value) once at least two classes
+    Stops early at ``deadline`` (a value of ``clock``) once at least two classes
     are covered; yields a :class:`FeatureProgress` per window; returns a :class:`PixelSample`.
     """
-    started = time.perf_counter()
+    started = clock()
     order = window_order(groups, rng)
     feats, labels, classes = [], [], set()
     for done, key in enumerate(order, 1):
@@ -157,8 +157,8 @@ def iter_pixel_features(net: FeatureHeadNet, images: list[ImageSource], norm: No
         labels.append(torch.from_numpy(pixels[:, 2].astype(np.int64)))
         classes.update(np.unique(pixels[:, 2]).tolist())
         yield FeatureProgress(done, len(order), sum(len(f) for f in feats),
-                              time.perf_counter() - started)
-        if time.perf_counter() > deadline and len(classes) >= 2:
+                              clock() - started)
+        if clock() > deadline and len(classes) >= 2:
             break
     return PixelSample(torch.cat(feats), torch.cat(labels), len(feats), len(order),
-                       time.perf_counter() - started)
+                       clock() - started)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,7 +60,7 @@ class FeatureHeadSettings:
     block: int = _opt(1024, "edge of the windows in which features are computed", min=64)
     context: int = _opt(HALO, "image context read around each window, in pixels", min=0)
     steps: int = _opt(200, "optimizer steps of the head", min=1)
-    batch_size: int = _opt(2048, "pixels per step", min=16)
+    batch_size: int = _opt(1024, "pixels per step", min=16)
     learning_rate: float = _opt(1e-2, "Adam learning rate of the head")
     weight_decay: float = _opt(0.1, "weight decay (L2) of the head: painted pixels are few "
                                     "and clustered, a strong penalty generalizes best")
@@ -102,7 +102,7 @@ def standardize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_head(sample: PixelSample, n_classes: int, settings: FeatureHeadSettings,
-               deadline: float = math.inf) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+               deadline: float = math.inf, clock: Callable[[], float] = time.perf_counter) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
                                                     torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Train the MLP (or linear) head on standardized features; class-balanced loss.
 
@@ -128,7 +128,7 @@ def train_head(sample: PixelSample, n_classes: int, settings: FeatureHeadSetting
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: one thread is as fast and immune to CPU load
     try:
-        while step < settings.steps and (step == 0 or time.perf_counter() < deadline):
+        while step < settings.steps and (step == 0 or clock() < deadline):
             idx = torch.randint(0, n, (batch,), generator=g)
             loss = F.cross_entropy(mlp(x[idx]), y[idx], weight=weight)
             opt.zero_grad()
@@ -174,6 +174,7 @@ def iter_fit_feature_head(images: list[ImageSource], annotations: list[ImageSour
                           class_colors: list[str] | None = None,
                           channel_names: list[str] | None = None,
                           holdout: Holdout | None = None,
+                          clock: Callable[[], float] = time.perf_counter,
                           ) -> Generator[FitProgress, None, SemSegModel]:
     """Fit a feature-head model on opened, checked inputs; yield progress; return the model.
 
@@ -182,9 +183,11 @@ def iter_fit_feature_head(images: list[ImageSource], annotations: list[ImageSour
     with one channel, labels 0 = not painted, 1..``n_classes``). ``holdout`` marks painted
     pixels to leave out, given rows of ``(image, plane, y, x)`` (the engine's validation
     blocks), so that the first model and the CNN are compared on the same unseen pixels.
-    Every check runs when this function is called, before the generator is returned.
+    ``clock`` measures the time budget (``time.process_time``: CPU seconds of this process,
+    what a quiet machine would give on a shared one). Every check runs when this function is
+    called, before the generator is returned.
     """
-    started = time.perf_counter()
+    started = clock()
     settings.validated()
     rng = np.random.default_rng(settings.seed)
     index = scan_annotations(annotations, settings.block, seed=settings.seed, n_classes=n_classes)
@@ -192,12 +195,12 @@ def iter_fit_feature_head(images: list[ImageSource], annotations: list[ImageSour
     model = new_model(images[0].n_channels, n_classes, settings, encoder_state,
                       class_names=class_names, class_colors=class_colors,
                       channel_names=channel_names, normalization=normalization)
-    return _fit(model, images, groups, index.counts, settings, rng, started)
+    return _fit(model, images, groups, index.counts, settings, rng, started, clock)
 
 
 def _fit(model: SemSegModel, images: list[ImageSource], groups: dict, counts: np.ndarray,
-         settings: FeatureHeadSettings, rng: np.random.Generator, started: float
-         ) -> Generator[FitProgress, None, SemSegModel]:
+         settings: FeatureHeadSettings, rng: np.random.Generator, started: float,
+         clock: Callable[[], float]) -> Generator[FitProgress, None, SemSegModel]:
     """The work of :func:`iter_fit_feature_head`, once every input is checked."""
     budget = settings.time_budget
     end = started + budget if budget else math.inf
@@ -205,32 +208,31 @@ def _fit(model: SemSegModel, images: list[ImageSource], groups: dict, counts: np
     net: FeatureHeadNet = model.net.to(device).eval()
     job = iter_pixel_features(net, images, model.metadata.normalization, groups, settings.block,
                               settings.context, rng=rng, device=device,
-                              deadline=started + FEATURE_SHARE * (end - started))
-    sample = yield from _relay_features(job, started)
-    yield FitProgress("head", 0, settings.steps, time.perf_counter() - started,
+                              deadline=started + FEATURE_SHARE * (end - started), clock=clock)
+    sample = yield from _relay_features(job, started, clock)
+    yield FitProgress("head", 0, settings.steps, clock() - started,
                       f"training the head on {len(sample.labels)} pixels")
-    fitted = time.perf_counter()
+    fitted = clock()
     # the head keeps its share of the budget even when the last feature window ran late
     deadline = max(end, fitted + (1 - FEATURE_SHARE) * budget) if budget else math.inf
     layers, mean, std, info = train_head(sample, model.metadata.classes, settings,
-                                         deadline=deadline)
+                                         deadline=deadline, clock=clock)
     model.net.cpu().set_head(layers, mean, std)
-    model.metadata.training = _provenance(settings, counts, sample, info,
-                                          time.perf_counter() - fitted,
-                                          time.perf_counter() - started)
-    yield FitProgress("head", info["steps"], settings.steps, time.perf_counter() - started,
+    model.metadata.training = _provenance(settings, counts, sample, info, clock() - fitted,
+                                          clock() - started)
+    yield FitProgress("head", info["steps"], settings.steps, clock() - started,
                       f"head trained: accuracy on the painted pixels {info['train_accuracy']:.3f}")
     return model.eval()
 
 
-def _relay_features(job: Generator[FeatureProgress, None, PixelSample], started: float
-                    ) -> Generator[FitProgress, None, PixelSample]:
+def _relay_features(job: Generator[FeatureProgress, None, PixelSample], started: float,
+                    clock: Callable[[], float]) -> Generator[FitProgress, None, PixelSample]:
     while True:
         try:
             e = next(job)
         except StopIteration as stop:
             return stop.value
-        yield FitProgress("features", e.done, e.total, time.perf_counter() - started,
+        yield FitProgress("features", e.done, e.total, clock() - started,
                           f"features of {e.pixels} painted pixels")
 
 
