@@ -88,9 +88,10 @@ def test_fitted_model_separates_textures_on_unpainted_pixels(fitted):
     assert (own[unpainted] == painted_labels[unpainted]).mean() > 0.85
 
 
-def test_head_on_pixel_features_equals_the_forward_pass():
+@pytest.mark.parametrize("raw", [True, False])
+def test_head_on_pixel_features_equals_the_forward_pass(raw):
     torch.manual_seed(1)
-    net = FeatureHeadNet(2, 3, hidden=8).eval()
+    net = FeatureHeadNet(2, 3, hidden=8, raw=raw).eval()
     net.load_encoder_state(random_encoder_state(1))
     x = torch.randn(1, 2, 96, 160)
     ys, xs = torch.randint(0, 96, (300,)), torch.randint(0, 160, (300,))
@@ -102,7 +103,7 @@ def test_head_on_pixel_features_equals_the_forward_pass():
         feats = net.pixel_features(x, ys, xs)
         expected = torch.relu((feats - mean) / std @ w1.T + b1) @ w2.T + b2
         logits = net(x)[0, :, ys, xs].T
-    assert feats.shape == (300, n)
+    assert feats.shape == (300, n) and n == sum(net.feature_channels) + 2 * raw
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-3)
 
 

@@ -5,18 +5,24 @@ any segmentation model, so the tiled prediction engine runs it unchanged. Inside
 
 1. the input becomes a 3-channel ImageNet-normalized image (grey copied to RGB; other channel
    counts averaged to grey);
-2. for each image scale ``s`` (the input average-pooled by ``s``), the first blocks of
-   MobileNetV2 (ImageNet weights, frozen, batch norms folded into the convolutions) give
-   feature maps at strides 2, 4 and 8 of that scale ("taps");
-3. a light head classifies every pixel from the concatenation of all those maps (bilinearly
-   upsampled to full resolution) and the normalized input itself: a 2-layer MLP
-   (``hidden`` units, ReLU) as 1x1 convolutions, or a linear classifier when ``hidden`` is 0.
+2. for each image scale ``s`` (the input average-pooled by ``s``: 1, 2, 4), the first blocks
+   of MobileNetV2 (ImageNet weights, frozen, batch norms folded into the convolutions) give
+   feature maps ("taps": the stem and blocks 1, 3, 6, at strides 2, 2, 4, 8 of that scale);
+3. a light head classifies every pixel from the concatenation of all those maps (upsampled to
+   full resolution) and the normalized input itself: a 2-layer MLP (``hidden`` units, ReLU) as
+   1x1 convolutions, or a linear classifier when ``hidden`` is 0.
 
 The head's first layer is linear, so it is applied to each low-resolution map *before*
-upsampling (``W @ up(f) == up(W @ f)`` for bilinear upsampling): no full-resolution tensor with
-more than ``hidden`` channels ever exists. The same property lets training read features only
-at the painted pixels (:meth:`FeatureHeadNet.pixel_features`): the MLP trained on those vectors
-is exactly the head of the tiled forward pass.
+upsampling (``W @ up(f) == up(W @ f)``), and the projected maps are summed coarse to fine with a
+single full-resolution upsampling (:mod:`.upsample`): no full-resolution tensor with more than
+``hidden`` channels ever exists. The same linearity lets training read features only at the
+painted pixels (:meth:`FeatureHeadNet.pixel_features`, exactly the operator of the forward
+pass): the MLP trained on those vectors is the head of the tiled forward pass.
+
+Receptive field: 236 pixels at scale 4 (4 + 58 x 4; block 6 sees 59 pixels of its input), plus
+the upsampling's reach; most of the weight is central, and the model's halo of 96 pixels
+(overlap 192) keeps tiled labels within 0.02 % of a whole-image pass (see
+:data:`napari_semseg.core.first_answer.fit.HALO`). Height and width must be multiples of 32.
 """
 
 from __future__ import annotations
@@ -176,7 +182,7 @@ class FeatureHeadNet(nn.Module):
     @property
     def n_features(self) -> int:
         """Length of a per-pixel feature vector (:meth:`pixel_features`)."""
-        return sum(self.feature_channels) + self.in_channels
+        return sum(self.feature_channels) + (self.in_channels if self.raw else 0)
 
     def _rgb(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 3:
@@ -203,7 +209,8 @@ class FeatureHeadNet(nn.Module):
         at those pixels.
         """
         parts = sample_cascade(self.pyramid(x), x.shape[-2:], ys, xs)
-        parts.append(x[0, :, ys, xs].T)
+        if self.raw:
+            parts.append(x[0, :, ys, xs].T)
         return torch.cat(parts, 1)
 
     # ------------------------------------------------------------------ head
@@ -231,11 +238,13 @@ class FeatureHeadNet(nn.Module):
         w1, b1 = layers[0]
         w1 = w1 / std
         b1 = b1 - w1 @ mean
-        splits = torch.split(w1, self.feature_channels + [self.in_channels], dim=1)
+        raw = self.in_channels if self.raw else 0
+        splits = torch.split(w1, self.feature_channels + [raw], dim=1)
         with torch.no_grad():
             for conv, part in zip(self.project, splits[:-1]):
                 conv.weight.copy_(part[:, :, None, None])
-            self.project_raw.weight.copy_(splits[-1][:, :, None, None])
+            if self.raw:  # without raw pixels the weights stay zero: only the bias acts
+                self.project_raw.weight.copy_(splits[-1][:, :, None, None])
             self.project_raw.bias.copy_(b1)
             if self.hidden:
                 w2, b2 = layers[1]
