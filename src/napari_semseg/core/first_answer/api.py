@@ -7,6 +7,7 @@ The training engine, which opens and checks its inputs itself, calls
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ def fit_feature_head(images: Any, annotations: Any, *, time_budget: float | None
                      channel_axis: int | None = None, normalization: Normalization | None = None,
                      settings: FeatureHeadSettings | None = None,
                      callback: Callable[[FitProgress], Any] | None = None,
+                     clock: Callable[[], float] = time.perf_counter,
                      **options: Any) -> SemSegModel:
     """Fit a model in seconds from painted pixels: frozen pretrained features + a light head.
 
@@ -109,6 +111,9 @@ def fit_feature_head(images: Any, annotations: Any, *, time_budget: float | None
         A :class:`FeatureHeadSettings`; keyword ``options`` override its fields.
     callback
         Called with every :class:`FitProgress`; return ``False`` to cancel.
+    clock
+        What ``time_budget`` counts: wall-clock seconds by default; ``time.process_time``
+        counts this process's CPU seconds (on a shared machine, the budget a quiet one gives).
 
     Returns
     -------
@@ -136,5 +141,5 @@ def fit_feature_head(images: Any, annotations: Any, *, time_budget: float | None
     job = iter_fit_feature_head(sources, labels, n_classes=n_classes, normalization=norm,
                                 encoder_state=encoder_state, settings=settings,
                                 class_names=class_names, class_colors=class_colors,
-                                channel_names=channels)
+                                channel_names=channels, clock=clock)
     return drive(job, callback)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..errors import SemSegError
 from ..io import ImageSource
 from ..normalize import Normalization
 from ..sampling import AnnotationIndex
@@ -23,6 +24,7 @@ from ..tiling import round_up
 from .net import FeatureHeadNet
 
 BlockKey = tuple[int, int, int, int]  # (image, plane, block row, block column)
+Holdout = Callable[[np.ndarray], np.ndarray]  # rows of (image, plane, y, x) -> leave out?
 
 
 @dataclass
@@ -47,18 +49,25 @@ class FeatureProgress:
 
 
 def choose_pixels(index: AnnotationIndex, n_classes: int, max_pixels: int,
-                  rng: np.random.Generator) -> dict[BlockKey, np.ndarray]:
+                  rng: np.random.Generator, holdout: Holdout | None = None
+                  ) -> dict[BlockKey, np.ndarray]:
     """A class-balanced random sample of annotated pixels, grouped by block.
 
     Each painted class gets up to ``max_pixels // classes painted`` pixels (all of them if it
-    has fewer). Returns ``{block: rows of (y, x, class - 1)}``.
+    has fewer). ``holdout`` maps rows of ``(image, plane, y, x)`` to True for pixels to leave
+    out (a validation split). Returns ``{block: rows of (y, x, class - 1)}``.
     """
-    present = [k for k in range(1, min(n_classes, len(index.points) - 1) + 1)
-               if len(index.points[k])]
-    per_class = max(1, max_pixels // max(1, len(present)))
+    points = {k: index.points[k] for k in range(1, min(n_classes, len(index.points) - 1) + 1)}
+    if holdout is not None:
+        points = {k: p[~np.asarray(holdout(p), bool)] for k, p in points.items()}
+    present = [k for k, p in points.items() if len(p)]
+    if len(present) < 2:
+        raise SemSegError("paint at least two classes (labels 1..K; 0 means not painted)"
+                          + (" outside the held-out part" if holdout is not None else ""))
+    per_class = max(1, max_pixels // len(present))
     rows = []
     for k in present:
-        pts = index.points[k]
+        pts = points[k]
         if len(pts) > per_class:
             pts = pts[rng.choice(len(pts), per_class, replace=False)]
         rows.append(np.column_stack([pts, np.full(len(pts), k - 1)]))
@@ -76,14 +85,14 @@ def window_order(groups: dict[BlockKey, np.ndarray], rng: np.random.Generator) -
     """Blocks in an order that covers every class early: classes take turns, each taking the
     unused block with most of its sampled pixels (ties broken at random)."""
     keys = [list(groups)[i] for i in rng.permutation(len(groups))]
-    counts = np.stack([np.bincount(groups[k][:, 2], minlength=1 + max(
-        int(g[:, 2].max()) for g in groups.values())) for k in keys]).astype(float)
+    n_classes = 1 + max(int(g[:, 2].max()) for g in groups.values())
+    counts = np.stack([np.bincount(groups[k][:, 2], minlength=n_classes) for k in keys])
     order: list[BlockKey] = []
     used = np.zeros(len(keys), bool)
     classes = [c for c in range(counts.shape[1]) if counts[:, c].any()]
     while not used.all():
         for c in classes:
-            score = np.where(used, -1.0, counts[:, c])
+            score = np.where(used, -1, counts[:, c])
             best = int(np.argmax(score))
             if used[best]:
                 break
@@ -131,14 +140,14 @@ def block_features(net: FeatureHeadNet, source: ImageSource, norm: Normalization
 def iter_pixel_features(net: FeatureHeadNet, images: list[ImageSource], norm: Normalization,
                         groups: dict[BlockKey, np.ndarray], block: int, context: int, *,
                         rng: np.random.Generator, device: torch.device,
-                        deadline: float = math.inf
+                        deadline: float = math.inf, clock: Callable[[], float] = time.perf_counter,
                         ) -> Generator[FeatureProgress, None, PixelSample]:
     """Compute the features of the chosen pixels block by block (see :func:`window_order`).
 
-    Stops early at ``deadline`` (a ``time.perf_counter()`` value) once at least two classes
+    Stops early at ``deadline`` (a value of ``clock``) once at least two classes
     are covered; yields a :class:`FeatureProgress` per window; returns a :class:`PixelSample`.
     """
-    started = time.perf_counter()
+    started = clock()
     order = window_order(groups, rng)
     feats, labels, classes = [], [], set()
     for done, key in enumerate(order, 1):
@@ -148,8 +157,8 @@ def iter_pixel_features(net: FeatureHeadNet, images: list[ImageSource], norm: No
         labels.append(torch.from_numpy(pixels[:, 2].astype(np.int64)))
         classes.update(np.unique(pixels[:, 2]).tolist())
         yield FeatureProgress(done, len(order), sum(len(f) for f in feats),
-                              time.perf_counter() - started)
-        if time.perf_counter() > deadline and len(classes) >= 2:
+                              clock() - started)
+        if clock() > deadline and len(classes) >= 2:
             break
     return PixelSample(torch.cat(feats), torch.cat(labels), len(feats), len(order),
-                       time.perf_counter() - started)
+                       clock() - started)

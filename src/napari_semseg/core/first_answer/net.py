@@ -5,22 +5,29 @@ any segmentation model, so the tiled prediction engine runs it unchanged. Inside
 
 1. the input becomes a 3-channel ImageNet-normalized image (grey copied to RGB; other channel
    counts averaged to grey);
-2. for each image scale ``s`` (the input average-pooled by ``s``), the first blocks of
-   MobileNetV2 (ImageNet weights, frozen, batch norms folded into the convolutions) give
-   feature maps at strides 2, 4 and 8 of that scale ("taps");
-3. a light head classifies every pixel from the concatenation of all those maps (bilinearly
-   upsampled to full resolution) and the normalized input itself: a 2-layer MLP
-   (``hidden`` units, ReLU) as 1x1 convolutions, or a linear classifier when ``hidden`` is 0.
+2. for each image scale ``s`` (the input average-pooled by ``s``: 1, 2, 4), the first blocks
+   of MobileNetV2 (ImageNet weights, frozen, batch norms folded into the convolutions) give
+   feature maps ("taps": the stem and blocks 1, 3, 6, at strides 2, 2, 4, 8 of that scale);
+3. a light head classifies every pixel from the concatenation of all those maps (upsampled to
+   full resolution) and the normalized input itself: a 2-layer MLP (``hidden`` units, ReLU) as
+   1x1 convolutions, or a linear classifier when ``hidden`` is 0.
 
 The head's first layer is linear, so it is applied to each low-resolution map *before*
-upsampling (``W @ up(f) == up(W @ f)`` for bilinear upsampling): no full-resolution tensor with
-more than ``hidden`` channels ever exists. The same property lets training read features only
-at the painted pixels (:meth:`FeatureHeadNet.pixel_features`): the MLP trained on those vectors
-is exactly the head of the tiled forward pass.
+upsampling (``W @ up(f) == up(W @ f)``), and the projected maps are summed coarse to fine with a
+single full-resolution upsampling (:mod:`.upsample`): no full-resolution tensor with more than
+``hidden`` channels ever exists. The same linearity lets training read features only at the
+painted pixels (:meth:`FeatureHeadNet.pixel_features`, exactly the operator of the forward
+pass): the MLP trained on those vectors is the head of the tiled forward pass.
+
+Receptive field: 236 pixels at scale 4 (4 + 58 x 4; block 6 sees 59 pixels of its input), plus
+the upsampling's reach; most of the weight is central, and the model's halo of 96 pixels
+(overlap 192) keeps tiled labels within 0.02 % of a whole-image pass (see
+:data:`napari_semseg.core.first_answer.fit.HALO`). Height and width must be multiples of 32.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,7 +98,7 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
 
     for parent in module.modules():
         names = list(parent._modules)
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             conv, bn = parent._modules[a], parent._modules[b]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 parent._modules[a] = fuse_conv_bn_eval(conv.eval(), bn.eval())
@@ -99,10 +106,20 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+def taps_per_scale(scales: Sequence[int], taps: Sequence[Any]) -> list[list[int]]:
+    """``taps`` as one sorted list per scale: a flat list applies to every scale."""
+    if taps and all(isinstance(t, (list, tuple)) for t in taps):
+        if len(taps) != len(scales):
+            raise ValueError(f"{len(taps)} tap lists for {len(scales)} scales")
+        return [sorted(int(t) for t in ts) for ts in taps]
+    return [sorted(int(t) for t in taps) for _ in scales]
+
+
 def feature_head_stride(scales: Sequence[int] = DEFAULT_SCALES,
-                        taps: Sequence[int] = DEFAULT_TAPS, **_: Any) -> int:
+                        taps: Sequence[Any] = DEFAULT_TAPS, **_: Any) -> int:
     """Size multiple the input needs: the coarsest feature map's stride, at least 32."""
-    return max(32, max(scales) * max(TAPS[t][1] if t in TAPS else 1 for t in taps))
+    per = taps_per_scale(scales, taps)
+    return max([32] + [s * TAPS[t][1] for s, ts in zip(scales, per) for t in ts if t in TAPS])
 
 
 class FeatureHeadNet(nn.Module):
@@ -115,7 +132,8 @@ class FeatureHeadNet(nn.Module):
     scales
         Image scales (average-pooling factors) at which the encoder runs.
     taps
-        MobileNetV2 block indices whose outputs are features (keys of :data:`TAPS`).
+        MobileNetV2 block indices whose outputs are features (keys of :data:`TAPS`): one list
+        for every scale, or one list per scale.
     hidden
         Hidden units of the MLP head; 0 makes the head a linear classifier.
     raw
@@ -123,21 +141,22 @@ class FeatureHeadNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, classes: int, *, scales: Sequence[int] = DEFAULT_SCALES,
-                 taps: Sequence[int] = DEFAULT_TAPS, hidden: int = DEFAULT_HIDDEN,
+                 taps: Sequence[Any] = DEFAULT_TAPS, hidden: int = DEFAULT_HIDDEN,
                  raw: bool = True) -> None:
         super().__init__()
-        unknown = sorted(set(taps) - set(TAPS))
-        if unknown or not taps or not scales or min(scales) < 1:
+        per = taps_per_scale(scales, taps)
+        unknown = sorted({t for ts in per for t in ts} - set(TAPS))
+        if unknown or not all(per) or not scales or min(scales) < 1:
             raise ValueError(f"taps must be among {sorted(TAPS)} and scales positive; got taps "
                              f"{list(taps)}, scales {list(scales)}")
         self.in_channels, self.classes = int(in_channels), int(classes)
-        self.scales, self.taps = [int(s) for s in scales], sorted(int(t) for t in taps)
+        self.scales, self.taps = [int(s) for s in scales], per
         self.hidden, self.raw = int(hidden), bool(raw)
-        self.encoder = fold_batch_norms(mobilenet_v2_blocks(max(self.taps)))
+        self.encoder = fold_batch_norms(mobilenet_v2_blocks(max(max(ts) for ts in per)))
         self.encoder.requires_grad_(False)
         width = self.hidden or self.classes
         self.project = nn.ModuleList(
-            nn.Conv2d(TAPS[t][0], width, 1, bias=False) for _ in self.scales for t in self.taps)
+            nn.Conv2d(TAPS[t][0], width, 1, bias=False) for ts in per for t in ts)
         self.project_raw = nn.Conv2d(self.in_channels, width, 1, bias=True)
         if not self.raw:
             self.project_raw.weight.data.zero_()
@@ -153,7 +172,7 @@ class FeatureHeadNet(nn.Module):
     @property
     def feature_channels(self) -> list[int]:
         """Channels of each low-resolution map of :meth:`pyramid`, in order."""
-        return [TAPS[t][0] for _ in self.scales for t in self.taps]
+        return [TAPS[t][0] for ts in self.taps for t in ts]
 
     @property
     def stride(self) -> int:
@@ -163,7 +182,7 @@ class FeatureHeadNet(nn.Module):
     @property
     def n_features(self) -> int:
         """Length of a per-pixel feature vector (:meth:`pixel_features`)."""
-        return sum(self.feature_channels) + self.in_channels
+        return sum(self.feature_channels) + (self.in_channels if self.raw else 0)
 
     def _rgb(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 3:
@@ -174,14 +193,12 @@ class FeatureHeadNet(nn.Module):
         """Low-resolution feature maps of a normalized image: per scale, per tap."""
         rgb = self._rgb(x)
         maps = []
-        for s in self.scales:
+        for s, taps in zip(self.scales, self.taps):
             h = F.avg_pool2d(rgb, s) if s > 1 else rgb
-            for i, block in enumerate(self.encoder):
+            for i, block in enumerate(self.encoder[:taps[-1] + 1]):
                 h = block(h)
-                if i in self.taps:
+                if i in taps:
                     maps.append(h)
-                if i == self.taps[-1]:
-                    break
         return maps
 
     def pixel_features(self, x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -192,7 +209,8 @@ class FeatureHeadNet(nn.Module):
         at those pixels.
         """
         parts = sample_cascade(self.pyramid(x), x.shape[-2:], ys, xs)
-        parts.append(x[0, :, ys, xs].T)
+        if self.raw:
+            parts.append(x[0, :, ys, xs].T)
         return torch.cat(parts, 1)
 
     # ------------------------------------------------------------------ head
@@ -220,11 +238,13 @@ class FeatureHeadNet(nn.Module):
         w1, b1 = layers[0]
         w1 = w1 / std
         b1 = b1 - w1 @ mean
-        splits = torch.split(w1, self.feature_channels + [self.in_channels], dim=1)
+        raw = self.in_channels if self.raw else 0
+        splits = torch.split(w1, self.feature_channels + [raw], dim=1)
         with torch.no_grad():
             for conv, part in zip(self.project, splits[:-1]):
                 conv.weight.copy_(part[:, :, None, None])
-            self.project_raw.weight.copy_(splits[-1][:, :, None, None])
+            if self.raw:  # without raw pixels the weights stay zero: only the bias acts
+                self.project_raw.weight.copy_(splits[-1][:, :, None, None])
             self.project_raw.bias.copy_(b1)
             if self.hidden:
                 w2, b2 = layers[1]

@@ -48,7 +48,7 @@ def cascade_operators(sizes: Sequence[int], full: int) -> list[torch.Tensor]:
 def _sparse_rows(op: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows = op[index]
     k = min(SUPPORT, rows.shape[1])
-    weights, cols = rows.abs().topk(k, dim=1)
+    cols = rows.abs().topk(k, dim=1).indices
     return rows.gather(1, cols), cols
 
 
