@@ -291,10 +291,12 @@ class TrainSettings:
                                      minimum=1, maximum=5)
     decoder_channels: str | None = _opt("64,32,16,16", "Unet/Unet++/MAnet decoder widths, "
                                                        "comma-separated, one per encoder stage")
-    first_answer: bool | None = _opt(
-        None, "for a new model, first fit a head on frozen pretrained features (seconds): the "
-              "first preview, and the model returned if the CNN does not validate better "
-              "; unset, it is on for runs bounded only by time_budget and off with epochs")
+    first_answer: str = _opt(
+        "auto", "for a new model, first fit a head on frozen pretrained features (seconds): the "
+                "first preview, and the model returned if the CNN does not validate better; "
+                "'auto': on for runs bounded only by time_budget, off with epochs; 'on', 'off' "
+                "(True/False in Python)",
+        choices=("auto", "on", "off"))
     epochs: int | None = _opt(None, "number of epochs (default: until time_budget, else 50)",
                               minimum=1, widget_maximum=10000)
     time_budget: float | None = _opt(None, "wall-clock budget in seconds",
@@ -373,6 +375,8 @@ class TrainSettings:
 
     def validated(self) -> TrainSettings:
         """Return self after checking value ranges; raise :class:`SemSegError` otherwise."""
+        if isinstance(self.first_answer, bool):
+            self.first_answer = "on" if self.first_answer else "off"
         check_ranges(self)
         if isinstance(self.encoder_weights, str) and \
                 self.encoder_weights.strip().lower() in NO_START:

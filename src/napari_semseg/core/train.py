@@ -82,8 +82,9 @@ def training_budget(settings: TrainSettings) -> Budget:
 def first_answer_wanted(settings: TrainSettings) -> bool:
     """Whether a new model's run begins with a first answer (default: when only a time
     budget bounds it)."""
-    if settings.first_answer is not None:
-        return settings.first_answer
+    choice = settings.first_answer
+    if choice in (True, "on", False, "off"):
+        return choice in (True, "on")
     return settings.epochs is None and settings.time_budget is not None
 
 
