@@ -93,7 +93,7 @@ def auroc(models_out, test) -> float:
 
     scores, wrong = [], []
     rng = np.random.default_rng(0)
-    for (labels, unc), (_, truth) in zip(models_out, test):
+    for (labels, unc), (_, truth) in zip(models_out, test, strict=False):
         valid = np.flatnonzero(truth.ravel() > 0)
         take = rng.choice(valid, size=min(valid.size, 50_000), replace=False)
         scores.append(unc.ravel()[take])
@@ -131,7 +131,7 @@ def run_strategy(strategy, start_model, train, start_strokes, test, names, args,
     model, history = start_model, []
     for rnd in range(1, args.rounds + 1):
         added = 0
-        for (img, truth), st in zip(train, strokes):
+        for (img, truth), st in zip(train, strokes, strict=False):
             for start in choose(strategy, model, img, truth, st, args.strokes, args.box, rng):
                 added += add_stroke(st, truth, start, args.length, radius, rng)
         model = fit([img for img, _ in train], strokes, names, options, seed, model=model)

@@ -86,7 +86,7 @@ def markdown(results: dict) -> str:
              f"held-out images per set; load average at start {results['load']}.", "",
              "| data set | labels | " + " | ".join(METHODS) + " | best adversarial - control |",
              "|---|---|" + "---|" * (len(METHODS) + 1)]
-    for key, entry in results["sets"].items():
+    for _key, entry in results["sets"].items():
         cells = []
         for m in METHODS:
             v = entry[m]

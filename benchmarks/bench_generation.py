@@ -121,7 +121,7 @@ def pooled_miou(model: Any, images: list[np.ndarray], maps: list[np.ndarray]) ->
     """Mean IoU of ``model`` over all pairs (one confusion matrix; label 0 ignored)."""
     k = model.metadata.classes
     cm = np.zeros((k + 1, k + 1), np.int64)
-    for img, lab in zip(images, maps):
+    for img, lab in zip(images, maps, strict=False):
         pred = segment(img, model, device="cpu").labels
         cm += confusion_matrix(np.asarray(pred), lab, k)
     return scores(cm, model.metadata.class_names)
@@ -340,7 +340,7 @@ def helps(ds: str, seeds: list[int], gen_budget: float, seg_budget: float,
     runs = []
     for seed in seeds:
         row = {"seed": seed}
-        for name, pairs in (("real", few), ("real+generated", few + list(zip(fake, new_maps)))):
+        for name, pairs in (("real", few), ("real+generated", few + list(zip(fake, new_maps, strict=False)))):
             model = train_segmenter([p[0] for p in pairs], [p[1] for p in pairs], seed,
                                     seg_budget)
             row[name] = pooled_miou(model, [t[0] for t in test], [t[1] for t in test])["mean_iou"]

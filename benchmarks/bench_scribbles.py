@@ -128,7 +128,7 @@ def scribbles_for(ds: dict, train: list[tuple[np.ndarray, np.ndarray]]) -> list[
 
 def score(preds: list[np.ndarray], test: list[tuple[np.ndarray, np.ndarray]], names: list[str]) -> dict:
     k = len(names)
-    cm = sum(confusion_matrix(p, lab, k) for p, (_, lab) in zip(preds, test))
+    cm = sum(confusion_matrix(p, lab, k) for p, (_, lab) in zip(preds, test, strict=False))
     s = scores(cm, names)
     return {"mean_iou": s["mean_iou"], "accuracy": s["accuracy"],
             "iou": {n: s[f"iou/{n}"] for n in names}}
@@ -200,7 +200,7 @@ def run_rf(train, labels, test, seed=0):
 
     t0 = time.perf_counter()
     xs, ys = [], []
-    for (img, _), lab in zip(train, labels):
+    for (img, _), lab in zip(train, labels, strict=False):
         f = rf_features(img)
         xs.append(f[lab > 0])
         ys.append(lab[lab > 0])
@@ -250,7 +250,7 @@ def markdown(results: dict) -> str:
              "compare methods within one data set (they ran back to back)."
              + (f" The data sets ran as {results['parallel_runs']} processes in parallel."
                 if results.get("parallel_runs", 1) > 1 else ""), ""]
-    for name, r in results["datasets"].items():
+    for _name, r in results["datasets"].items():
         m = r["methods"]
         rf = m.get("rf", {}).get("mean_iou")
         lines += [f"## {r['title']}", "",

@@ -167,7 +167,7 @@ class NextRegionPanel(QWidget):
         spatial = spatial_kwargs(image, None if getattr(image, "rgb", False) else m.channel_axis)
         offsets = [0] * len(m.plane) + [m.rows.start, m.cols.start]
         spatial["translate"] = [t + o * s for t, o, s in
-                                zip(spatial["translate"], offsets, spatial["scale"])]
+                                zip(spatial["translate"], offsets, spatial["scale"], strict=False)]
         return spatial
 
     def _show_layer(self) -> None:

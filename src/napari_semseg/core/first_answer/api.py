@@ -50,7 +50,7 @@ def open_inputs(images: Any, annotations: Any, channel_axis: int | None = None
         raise SemSegError(f"{len(imgs)} image(s) but {len(anns)} annotation array(s); give one "
                           "annotation array per image")
     sources, labels = [], []
-    for i, (img, ann) in enumerate(zip(imgs, anns)):
+    for i, (img, ann) in enumerate(zip(imgs, anns, strict=False)):
         what = "the image" if len(imgs) == 1 else f"image {i}"
         lab = _open_labels(ann, what)
         src = open_image(img, channel_axis)

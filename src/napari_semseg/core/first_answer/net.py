@@ -119,7 +119,7 @@ def feature_head_stride(scales: Sequence[int] = DEFAULT_SCALES,
                         taps: Sequence[Any] = DEFAULT_TAPS, **_: Any) -> int:
     """Size multiple the input needs: the coarsest feature map's stride, at least 32."""
     per = taps_per_scale(scales, taps)
-    return max([32] + [s * TAPS[t][1] for s, ts in zip(scales, per) for t in ts if t in TAPS])
+    return max([32] + [s * TAPS[t][1] for s, ts in zip(scales, per, strict=False) for t in ts if t in TAPS])
 
 
 class FeatureHeadNet(nn.Module):
@@ -193,7 +193,7 @@ class FeatureHeadNet(nn.Module):
         """Low-resolution feature maps of a normalized image: per scale, per tap."""
         rgb = self._rgb(x)
         maps = []
-        for s, taps in zip(self.scales, self.taps):
+        for s, taps in zip(self.scales, self.taps, strict=False):
             h = F.avg_pool2d(rgb, s) if s > 1 else rgb
             for i, block in enumerate(self.encoder[:taps[-1] + 1]):
                 h = block(h)
@@ -217,7 +217,7 @@ class FeatureHeadNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         by_size: dict[tuple[int, ...], torch.Tensor] = {}  # maps of equal stride are summed
-        for proj, m in zip(self.project, self.pyramid(x)):
+        for proj, m in zip(self.project, self.pyramid(x), strict=False):
             p = proj(m).contiguous()
             key = tuple(p.shape[-2:])
             by_size[key] = by_size[key] + p if key in by_size else p
@@ -241,7 +241,7 @@ class FeatureHeadNet(nn.Module):
         raw = self.in_channels if self.raw else 0
         splits = torch.split(w1, self.feature_channels + [raw], dim=1)
         with torch.no_grad():
-            for conv, part in zip(self.project, splits[:-1]):
+            for conv, part in zip(self.project, splits[:-1], strict=False):
                 conv.weight.copy_(part[:, :, None, None])
             if self.raw:  # without raw pixels the weights stay zero: only the bias acts
                 self.project_raw.weight.copy_(splits[-1][:, :, None, None])

@@ -40,7 +40,7 @@ def cascade_operators(sizes: Sequence[int], full: int) -> list[torch.Tensor]:
     """Per level (``sizes`` coarsest first), the ``(full, size)`` operator of :func:`cascade_sum`
     along one axis."""
     ops = [interp_matrix(sizes[-1], full)]
-    for coarse, fine in zip(sizes[-2::-1], sizes[:0:-1]):
+    for coarse, fine in zip(sizes[-2::-1], sizes[:0:-1], strict=False):
         ops.append(ops[-1] @ interp_matrix(coarse, fine))
     return ops[::-1]
 
@@ -57,8 +57,8 @@ def sample_cascade(maps: Sequence[torch.Tensor], size: Sequence[int], ys: torch.
     """The cascade's contribution of every map (``(1, C, h, w)``, grouped by size as for
     :func:`cascade_sum`, any order) at pixels ``(ys, xs)``: one ``(N, C)`` tensor per map."""
     sizes = sorted({tuple(m.shape[-2:]) for m in maps})
-    rows = dict(zip(sizes, cascade_operators([s[0] for s in sizes], size[0])))
-    cols = dict(zip(sizes, cascade_operators([s[1] for s in sizes], size[1])))
+    rows = dict(zip(sizes, cascade_operators([s[0] for s in sizes], size[0]), strict=False))
+    cols = dict(zip(sizes, cascade_operators([s[1] for s in sizes], size[1]), strict=False))
     out = []
     for m in maps:
         key = tuple(m.shape[-2:])

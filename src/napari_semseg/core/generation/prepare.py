@@ -84,7 +84,7 @@ def open_pairs(images: Any, label_maps: Any, channel_axis: int | None = None
                           "map per image")
     out_i: list[ImageSource] = []
     out_l: list[ImageSource] = []
-    for i, (img, lab) in enumerate(zip(imgs, maps)):
+    for i, (img, lab) in enumerate(zip(imgs, maps, strict=False)):
         what = "the image" if len(imgs) == 1 else f"image {i}"
         lsrc = open_label_map(lab)
         src = _open_image_for(img, lsrc, channel_axis, what)
@@ -124,7 +124,7 @@ def _sample(image: ImageSource, labels: ImageSource, seed: int
 def measure(images: list[ImageSource], labels: list[ImageSource], classes: int, seed: int = 0
             ) -> tuple[list[float], list[float], list[list[float]], list[list[float]]]:
     """Intensity range (percentiles 0.1 / 99.9 per channel) and per-class mean and std."""
-    samples = [_sample(i, lab, seed + k) for k, (i, lab) in enumerate(zip(images, labels))]
+    samples = [_sample(i, lab, seed + k) for k, (i, lab) in enumerate(zip(images, labels, strict=False))]
     pix = np.concatenate([s[0] for s in samples], 1).astype(np.float64)
     lab = np.concatenate([s[1] for s in samples])
     low = np.percentile(pix, LOW, axis=1)

@@ -47,9 +47,9 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int,
     """``ema = d * ema + (1 - d) * model`` with ``d`` ramped up from 0 over the first steps
     (``min(decay, (1 + step) / (10 + step))``), so early weights are soon forgotten."""
     d = min(decay, (1.0 + step) / (10.0 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
+    for e, p in zip(ema.parameters(), model.parameters(), strict=False):
         e.lerp_(p.detach(), 1.0 - d)
-    for eb, mb in zip(ema.buffers(), model.buffers()):
+    for eb, mb in zip(ema.buffers(), model.buffers(), strict=False):
         eb.copy_(mb)
 
 

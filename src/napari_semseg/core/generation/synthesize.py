@@ -177,7 +177,7 @@ def iter_plane(job: SynthesisJob, plane: int, runner: TileRunner
         group = tiles[b:b + job.batch_size]
         images = runner(*_tile_inputs(job, plane, group))
         finished = []
-        for (i, j), img in zip(group, images):
+        for (i, j), img in zip(group, images, strict=False):
             y0, x0 = grid.rows.origins[i], grid.cols.origins[j]
             for c in grid.chunks_of_tile(i, j):
                 rows, cols = grid.chunk_region(*c)

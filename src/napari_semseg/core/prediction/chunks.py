@@ -7,7 +7,6 @@ all its tiles are in (argmax, uint8 probabilities, entropy), and back off when o
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any

@@ -62,7 +62,7 @@ class Discriminator(nn.Module):
         super().__init__()
         widths = [in_channels, width, 2 * width, 2 * width]
         layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in zip(widths[:-1], widths[1:], strict=False):
             layers += [spectral_norm(nn.Conv2d(a, b, 4, stride=2, padding=1)),
                        nn.LeakyReLU(0.2, inplace=True)]
         layers.append(spectral_norm(nn.Conv2d(widths[-1], 1, 3, padding=1)))
