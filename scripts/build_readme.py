@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["_head", "_core", "napari", "training", "uncertainty", "generation", "performance", "scale-out",
-            "_tail"]
+SECTIONS = ["_head", "_core", "napari", "training", "uncertainty", "generation", "performance",
+            "scale-out", "architecture", "_tail"]
 TABLES = {
     "SEAM_TABLE": "seams", "BENCH_EFFICIENCY": "efficiency", "BENCH_MONAI": "monai",
     "BENCH_MEMORY": "memory", "BENCH_CLUSTER": "cluster", "BENCH_SCRIBBLES": "scribbles",
