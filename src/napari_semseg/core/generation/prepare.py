@@ -8,6 +8,7 @@ network's ``[-1, 1]`` maps onto, and every class's mean and spread) come from a 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,13 @@ def _open_image_for(image: Any, labels: ImageSource, channel_axis: int | None,
     """Open ``image`` whose label map is ``labels``: same shape, or one extra channel axis."""
     arr, geo, path = image, None, None
     if isinstance(image, ImageSource):
-        arr = image.data
-    elif not hasattr(image, "shape"):
+        arr, path, geo = image.data, image.path, image.geo_tags
+        channel_axis = image.channel_axis if channel_axis is None else channel_axis
+    elif isinstance(image, (str, os.PathLike)):
         path = Path(image)
         arr, geo = open_array(path)
+    elif not hasattr(image, "shape"):
+        arr = np.asarray(image)
     shape, lshape = tuple(int(s) for s in arr.shape), labels.shape
     if channel_axis is None and shape != lshape:
         fits = [a for a in range(len(shape))
