@@ -111,7 +111,26 @@ class SegmentWidget(FitsLaptop, QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.status = StatusLine()
+        self._lay_out()
 
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh)
+
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.save_button.clicked.connect(self._save_dialog)
+        self.all_button.clicked.connect(self.run_all)
+        self.model.changed.connect(self._model_changed)
+        self.model.loaded.connect(self._model_changed)
+        self.image.currentIndexChanged.connect(self._image_changed)
+        self._image_changed()
+        self._model_changed()
+        self.closing = CloseWatcher(self, self.shutdown)
+
+    def _lay_out(self) -> None:
+        """Place the fields and buttons made in ``__init__``."""
         form = QFormLayout()
         form.addRow("image", self.image)
         form.addRow("model", self.model)
@@ -129,22 +148,6 @@ class SegmentWidget(FitsLaptop, QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
-
-        self._refresh_timer = QTimer(self)
-        self._refresh_timer.setSingleShot(True)
-        self._refresh_timer.setInterval(REFRESH_MS)
-        self._refresh_timer.timeout.connect(self._refresh)
-
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.save_button.clicked.connect(self._save_dialog)
-        self.all_button.clicked.connect(self.run_all)
-        self.model.changed.connect(self._model_changed)
-        self.model.loaded.connect(self._model_changed)
-        self.image.currentIndexChanged.connect(self._image_changed)
-        self._image_changed()
-        self._model_changed()
-        self.closing = CloseWatcher(self, self.shutdown)
 
     # field reactions -------------------------------------------------------------------------
     def _image_changed(self, *_: Any) -> None:

@@ -9,13 +9,13 @@ record into one line each, saying what to do.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 MISSED_RECALL = 0.05  # a class found on fewer than 5 % of its validation pixels is "never predicted"
 LOW_MEAN_IOU = 0.5  # below this the segmentation is mostly wrong on the held-out strokes
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 

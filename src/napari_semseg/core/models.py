@@ -188,7 +188,7 @@ def _make_net(meta: ModelMetadata, encoder_weights: str | None = None) -> nn.Mod
 
 def build_model(
     arch: str = "unet", encoder: str = "resnet18", in_channels: int = 1, classes: int = 2, *,
-    encoder_weights: str | None = None, class_names: list[str] | None = None,
+    encoder_weights: str | os.PathLike | None = None, class_names: list[str] | None = None,
     class_colors: list[str] | None = None, channel_names: list[str] | None = None,
     normalization: Normalization | None = None, tile: int = 1024, halo: int = 32,
     pixel_size: float | None = None, pixel_unit: str | None = None, **arch_kwargs: Any,
@@ -230,9 +230,7 @@ def build_model(
     """
     _check_counts(in_channels, classes)
     depth = int(arch_kwargs.get("encoder_depth", 5))
-    stride = 2 ** depth
-    if arch_key(arch) == FEATURE_HEAD:
-        stride = feature_head_stride(**arch_kwargs)
+    stride = _network_stride(arch, depth, arch_kwargs)
     start = resolve_start(encoder_weights, encoder, depth, in_channels)
     meta = ModelMetadata(
         arch=arch.lower(), encoder=encoder, in_channels=in_channels, classes=classes,
@@ -247,6 +245,13 @@ def build_model(
     if start is not None:
         _load_encoder_start(model, start, depth)
     return model.eval()
+
+
+def _network_stride(arch: str, depth: int, arch_kwargs: dict[str, Any]) -> int:
+    """Input height and width multiple the network needs: ``2 ** depth`` for smp networks."""
+    if arch_key(arch) == FEATURE_HEAD:
+        return feature_head_stride(**arch_kwargs)
+    return 2 ** depth
 
 
 def _check_counts(in_channels: int, classes: int) -> None:

@@ -179,7 +179,8 @@ def check_ranges(settings: Any) -> None:
 
 def switches_to_choices(settings: Any) -> None:
     """Replace ``True``/``False`` in text options that used to be switches (``true_choice``)."""
-    for name, spec in option_fields(type(settings)).items():
+    cls: Any = type(settings)
+    for name, spec in option_fields(cls).items():
         if spec.option.true_choice:
             setattr(settings, name, spec.option.from_switch(getattr(settings, name)))
 

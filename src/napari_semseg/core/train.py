@@ -168,6 +168,20 @@ def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = N
     return trainer.run()
 
 
+# keyword options of train() that go to iter_train() rather than into the TrainSettings
+_ITER_TRAIN_OPTIONS = ("class_names", "class_colors", "channel_axis", "feed", "should_stop",
+                       "shape_prior")
+
+
+def _overrides(settings: TrainSettings | None, values: dict[str, Any]) -> dict[str, Any]:
+    """The arguments that override ``settings``: with settings, only those not left at their
+    defaults (the settings keep their values for the others)."""
+    if settings is None:
+        return values
+    defaults = TrainSettings()
+    return {k: v for k, v in values.items() if v != getattr(defaults, k)}
+
+
 def train(images: Any, annotations: Any, *, model: SemSegModel | str | os.PathLike | None = None,
           arch: str = "unet", encoder: str = "mobilenet_v2", epochs: int | None = None,
           time_budget: float | None = None, device: str = "auto", validation: float = 0.2,
@@ -220,15 +234,10 @@ def train(images: Any, annotations: Any, *, model: SemSegModel | str | os.PathLi
         The best model (by validation mean IoU; the last one without validation), with
         normalization, class names/colours and training provenance in its metadata.
     """
-    extra = {k: options.pop(k) for k in ("class_names", "class_colors", "channel_axis", "feed",
-                                         "should_stop", "shape_prior") if k in options}
-    values: dict[str, Any] = dict(arch=arch, encoder=encoder, epochs=epochs,
-                                  time_budget=time_budget, device=device, validation=validation,
-                                  seed=seed)
-    if settings is not None:  # keep the settings' values for arguments left at their defaults
-        defaults = TrainSettings()
-        values = {k: v for k, v in values.items() if v != getattr(defaults, k)}
-    values.update(options)
+    extra = {k: options.pop(k) for k in _ITER_TRAIN_OPTIONS if k in options}
+    values = {**_overrides(settings, dict(arch=arch, encoder=encoder, epochs=epochs,
+                                          time_budget=time_budget, device=device,
+                                          validation=validation, seed=seed)), **options}
     stop = _StopOnFalse(callback, extra.pop("should_stop", None))
     job = iter_train(images, annotations, settings, model=model, should_stop=stop.should_stop,
                      **extra, **values)

@@ -97,6 +97,7 @@ def probabilities_and_disagreement(forward: Callable[[torch.Tensor], torch.Tenso
         plogp = (q * q.log()).sum(dim=1, keepdim=True)
         total = p if total is None else total.add_(p)
         neg_entropy = plogp if neg_entropy is None else neg_entropy.add_(plogp)
+    assert total is not None and neg_entropy is not None  # count >= 1 copies were added
     mean = total.div_(count)
     k_classes = mean.shape[1]
     if k_classes < 2:

@@ -49,7 +49,8 @@ def open_inputs(images: Any, annotations: Any, channel_axis: int | None = None
     if not imgs or len(imgs) != len(anns):
         raise SemSegError(f"{len(imgs)} image(s) but {len(anns)} annotation array(s); give one "
                           "annotation array per image")
-    sources, labels = [], []
+    sources: list[ImageSource] = []
+    labels: list[ImageSource] = []
     for i, (img, ann) in enumerate(zip(imgs, anns, strict=False)):
         what = "the image" if len(imgs) == 1 else f"image {i}"
         lab = _open_labels(ann, what)

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -77,7 +78,8 @@ def choose_pixels(index: AnnotationIndex, n_classes: int, max_pixels: int,
     groups: dict[BlockKey, np.ndarray] = {}
     for key in np.unique(keys, axis=0):
         sel = (keys == key).all(1)
-        groups[tuple(int(v) for v in key)] = chosen[sel][:, [2, 3, 4]]
+        image, plane, block_row, block_col = (int(v) for v in key)
+        groups[(image, plane, block_row, block_col)] = chosen[sel][:, [2, 3, 4]]
     return groups
 
 
@@ -116,7 +118,7 @@ def read_window(source: ImageSource, plane: int, rows: tuple[int, int], cols: tu
     h, w = block.shape[1:]
     pad = ((0, 0), (0, round_up(h, stride) - h), (0, round_up(w, stride) - w))
     if pad[1][1] or pad[2][1]:
-        mode = "reflect" if min(h, w) > 1 and pad[1][1] < h and pad[2][1] < w else "symmetric"
+        mode: Literal["reflect", "symmetric"] = "reflect" if min(h, w) > 1 and pad[1][1] < h and pad[2][1] < w else "symmetric"
         block = np.pad(block, pad, mode=mode)
     return block
 

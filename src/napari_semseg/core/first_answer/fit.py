@@ -159,6 +159,7 @@ def new_model(in_channels: int, n_classes: int, settings: FeatureHeadSettings,
                         class_colors=class_colors, channel_names=channel_names,
                         normalization=normalization, halo=HALO, scales=list(settings.scales),
                         taps=list(settings.taps), hidden=settings.hidden, raw=settings.raw)
+    assert isinstance(model.net, FeatureHeadNet)  # build_model(ARCH) makes a FeatureHeadNet
     try:
         model.net.load_encoder_state(dict(encoder_state))
     except (RuntimeError, ValueError) as exc:
@@ -207,8 +208,11 @@ def _fit(model: SemSegModel, images: list[ImageSource], groups: dict, counts: np
     budget = settings.time_budget
     end = started + budget if budget else math.inf
     device = resolve_device(settings.device)
-    net: FeatureHeadNet = model.net.to(device).eval()
-    job = iter_pixel_features(net, images, model.metadata.normalization, groups, settings.block,
+    net, norm = model.net, model.metadata.normalization
+    if not isinstance(net, FeatureHeadNet) or norm is None:
+        raise RuntimeError("_fit needs a feature-head model with a normalization (_new_model)")
+    net.to(device).eval()
+    job = iter_pixel_features(net, images, norm, groups, settings.block,
                               settings.context, rng=rng, device=device,
                               deadline=started + FEATURE_SHARE * (end - started), clock=clock)
     sample = yield from _relay_features(job, started, clock)
@@ -219,7 +223,7 @@ def _fit(model: SemSegModel, images: list[ImageSource], groups: dict, counts: np
     deadline = max(end, fitted + (1 - FEATURE_SHARE) * budget) if budget else math.inf
     layers, mean, std, info = train_head(sample, model.metadata.classes, settings,
                                          deadline=deadline, clock=clock)
-    model.net.cpu().set_head(layers, mean, std)
+    net.cpu().set_head(layers, mean, std)
     model.metadata.training = _provenance(settings, counts, sample, info, clock() - fitted,
                                           clock() - started)
     yield FitProgress("head", info["steps"], settings.steps, clock() - started,

@@ -46,6 +46,15 @@ def iter_segment(image: Any, model: SemSegModel | str | os.PathLike,
     return (yield from run_local(job, should_stop=should_stop))
 
 
+def _overrides(settings: PredictSettings | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword options that override ``settings``: with settings, only those not left at
+    their defaults (the settings keep their values for the others)."""
+    if settings is None:
+        return options
+    defaults = PredictSettings()
+    return {k: v for k, v in options.items() if v != getattr(defaults, k)}
+
+
 def segment(image: Any, model: SemSegModel | str | os.PathLike, *, tile: int | None = None,
             overlap: int | None = None, device: str = "auto", batch_size: int | None = None,
             output: Any = None, probabilities: bool = False, uncertainty: str | bool = "none",
@@ -102,8 +111,6 @@ def segment(image: Any, model: SemSegModel | str | os.PathLike, *, tile: int | N
     """
     options.update(tile=tile, overlap=overlap, device=device, batch_size=batch_size,
                    probabilities=probabilities, uncertainty=uncertainty)
-    if settings is not None:  # keep the settings' values for options left at their defaults
-        defaults = PredictSettings()
-        options = {k: v for k, v in options.items() if v != getattr(defaults, k)}
+    options = _overrides(settings, options)
     return drive(iter_segment(image, model, settings, output=output, client=client, sink=sink,
                               **options), callback)

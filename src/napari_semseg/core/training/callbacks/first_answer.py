@@ -56,7 +56,7 @@ def training_labels(task: Any) -> list[ImageSource]:
     """The task's annotations without its validation blocks (the first answer must not see
     them, or its validation would flatter it)."""
     block = task.data.index.block
-    out = []
+    out: list[ImageSource] = []
     for i, ann in enumerate(task.data.annotations):
         held = frozenset((p, by, bx) for j, p, by, bx in task.val_blocks if j == i)
         out.append(HeldOutLabels(ann.data, ann.channel_axis, ann.path, ann.geo_tags,
@@ -72,7 +72,7 @@ def encoder_state(start: dict[str, Any] | None) -> dict[str, Any]:
     path = None
     if start and start.get("encoder") == ENCODER and start.get("kind") in ("bundled", "file"):
         bundled = {s.path.name: s.path for s in list_starts()}
-        path = bundled.get(start.get("file")) if start.get("kind") == "bundled" else \
+        path = bundled.get(start.get("file", "")) if start.get("kind") == "bundled" else \
             Path(start["name"])
     if path is None or not Path(path).exists():
         path = next(s.path for s in list_starts() if s.name == FALLBACK_START)

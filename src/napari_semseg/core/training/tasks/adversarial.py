@@ -134,7 +134,7 @@ class AdversarialTask(SegmentationTask):
         return {} if self.disc is None else {"discriminator": self.disc}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        out = {"model": self.optimizer}
+        out = super().optimizers()
         if self.disc_optimizer is not None:
             out["discriminator"] = self.disc_optimizer
         return out
@@ -157,9 +157,10 @@ class AdversarialTask(SegmentationTask):
             term, share = self._pseudo_term(logits, probs.detach(), painted, confidence)
             loss = loss + PSEUDO_WEIGHT * term
             metrics["pseudo_labelled"] = share
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer = super().optimizers()["model"]
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        optimizer.step()
         return StepResult(float(loss.detach()), int(x.shape[0]), metrics)
 
     def state(self) -> dict[str, Any]:
@@ -183,6 +184,8 @@ class AdversarialTask(SegmentationTask):
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.settings
+        if self.gen is None or self.sampler is None:
+            raise RuntimeError("step() before start() and begin_epoch()")
         zoom = draw_zoom(self.aug, self.gen)
         x, y = read_batch(self.sampler, self.norm, s.batch_size, s.patch_size, zoom)
         x, y = rescale(x.to(self.device), y.to(self.device), s.patch_size)
@@ -192,7 +195,8 @@ class AdversarialTask(SegmentationTask):
     def _discriminator_step(self, x: torch.Tensor, y: torch.Tensor, probs: torch.Tensor,
                             painted: torch.Tensor) -> float:
         """One update of D; returns its loss."""
-        disc, bce = self.disc, F.binary_cross_entropy_with_logits
+        disc, disc_optimizer = self._discriminator()
+        bce = F.binary_cross_entropy_with_logits
         x = x.float()
         losses = []
         if painted.any():
@@ -207,20 +211,27 @@ class AdversarialTask(SegmentationTask):
                        bce(d_all, torch.zeros_like(d_all))]
         if not losses:
             return float("nan")
-        loss = sum(losses) / len(losses)
-        self.disc_optimizer.zero_grad(set_to_none=True)
+        loss = sum(losses[1:], losses[0]) / len(losses)
+        disc_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.disc_optimizer.step()
+        disc_optimizer.step()
         return float(loss.detach())
+
+    def _discriminator(self) -> tuple[Discriminator, torch.optim.Optimizer]:
+        """D and its optimizer, made in :meth:`start` when the adversarial weight is > 0."""
+        if self.disc is None or self.disc_optimizer is None:
+            raise RuntimeError("the discriminator is made in start() (with adversarial > 0)")
+        return self.disc, self.disc_optimizer
 
     def _adversarial_term(self, x: torch.Tensor, probs: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """The segmenter's adversarial loss (fool D everywhere) and D's confidence map."""
-        self.disc.requires_grad_(False)
+        disc, _ = self._discriminator()
+        disc.requires_grad_(False)
         try:
-            d = self.disc(x.float(), probs)[:, 0]
+            d = disc(x.float(), probs)[:, 0]
         finally:
-            self.disc.requires_grad_(True)
+            disc.requires_grad_(True)
         term = F.binary_cross_entropy_with_logits(d, torch.ones_like(d))
         return term, torch.sigmoid(d.detach())
 
