@@ -191,3 +191,42 @@ def test_a_custom_sink_is_aborted_on_cancel_and_on_failure(tiny_model, image):
     finally:
         counter.remove()
     assert sink.calls == ["abort"]
+
+
+def test_a_prefetcher_finalized_in_another_thread_never_waits_for_its_reader():
+    """The garbage collector may finalize an unclosed prefetcher in any thread, e.g. zarr's
+    I/O thread while the reader waits on that very thread. Waiting for the reader there
+    deadlocked cluster workers; it must only tell the reader to stop."""
+    from napari_semseg.core.prediction.pipeline import prefetch
+
+    served = threading.Event()  # "zarr's loop answers the read"
+
+    def items():
+        yield 1
+        served.wait()  # the reader is blocked until the other thread serves it
+        yield 2
+
+    gen = prefetch(items(), depth=1)
+    assert next(gen) == 1
+    closer = threading.Thread(target=gen.close)  # as the garbage collector would, elsewhere
+    closer.start()
+    closer.join(timeout=10)
+    try:
+        assert not closer.is_alive(), "closing the prefetcher in another thread waited"
+    finally:
+        served.set()
+    assert wait_threads_gone(), "the reader did not stop once served"
+
+
+def test_closing_a_prefetcher_in_its_own_thread_waits_for_the_reader():
+    from napari_semseg.core.prediction.pipeline import prefetch
+
+    def items():
+        for i in range(100):
+            time.sleep(0.01)
+            yield i
+
+    gen = prefetch(items(), depth=2)
+    assert next(gen) == 0
+    gen.close()
+    assert not prefetch_threads()  # already gone when close() returns

@@ -221,8 +221,13 @@ def iter_plane(source: ImageSource, plane: int, grid: TileGrid, predictor: TileP
                                      check_nan=np.issubdtype(source.dtype, np.floating))
     if prefetch:
         batches = prefetched(batches, prefetch)
-    with torch.inference_mode():
-        yield from _run_batches(predictor, blender, batches)
+    try:
+        with torch.inference_mode():
+            yield from _run_batches(predictor, blender, batches)
+    finally:  # stop the reader here and now, not whenever the garbage collector runs
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass

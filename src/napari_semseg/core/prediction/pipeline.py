@@ -12,7 +12,13 @@ from ..progress import ChunkResult
 
 
 def prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
-    """Produce ``items`` in a background thread, ``depth`` ahead; stops when the consumer stops."""
+    """Produce ``items`` in a background thread, ``depth`` ahead; stops when the consumer stops.
+
+    Closing the generator in the thread that iterates it waits for the reader to stop. A
+    generator left unclosed may be finalized by the garbage collector in any thread, zarr's
+    own I/O thread included, which the reader may be waiting on: there it only tells the
+    reader to stop and never waits (waiting deadlocked cluster workers).
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     sentinel = object()
@@ -37,6 +43,7 @@ def prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
 
     thread = threading.Thread(target=work, daemon=True, name="semseg-prefetch")
     thread.start()
+    owner = threading.get_ident()
     try:
         while True:
             item = q.get()
@@ -47,7 +54,7 @@ def prefetch(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
-        while thread.is_alive():
+        while thread.is_alive() and threading.get_ident() == owner:
             try:
                 q.get_nowait()
             except queue.Empty:
