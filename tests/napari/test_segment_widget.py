@@ -179,6 +179,13 @@ def test_spatial_metadata_stacks_and_optional_outputs(viewer, h, tiny_model_file
     sums = np.asarray(probs.data, np.int32).sum(axis=1)
     assert np.abs(sums - 255).max() <= 2  # probabilities of the two classes add up
     assert _owned(viewer, "uncertainty")[0].data.shape == stack.shape
+    # the class slider is named by class: the layer says which class it shows (labels count
+    # from 1, the slider from 0)
+    names = probs.metadata["napari_semseg"]["class_names"]
+    axis = viewer.dims.ndim - probs.ndim + 1
+    for index in (0, 1, 0):
+        viewer.dims.set_current_step(axis, index)
+        assert probs.name == f"stack probabilities: {names[index]} (class {index + 1})"
 
 
 def test_rerun_replaces_only_plugin_layers(viewer, h, tiny_model_file):

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core.progress import ChunkResult
 from ..core.writers import MemorySink, OutputLayout, SegmentationResult
+from ._class_axis import name_class_steps
 from ._layers import KEY, class_colormap, class_features, owned_layers, put_layer
 
 PENDING = "not computed yet"  # what label 0 means in a result layer
@@ -115,6 +116,7 @@ class ResultLayers:
                           metadata=self._marker("probabilities"), **self._class_axis_spatial())
             self.layers["probabilities"] = put_layer(self.viewer, layer, "probabilities",
                                                      self.source_id)
+            self._name_class_steps(layer)
         if "uncertainty" in arrays:
             layer = Image(arrays["uncertainty"], name=f"{self.name} uncertainty",
                           colormap="magma", contrast_limits=(0, 255), opacity=0.7,
@@ -227,6 +229,12 @@ class ResultLayers:
                           contrast_limits=(0, 255), visible=old.visible, opacity=old.opacity,
                           blending=old.blending, metadata=meta, **kwargs)
             self.layers[role] = put_layer(self.viewer, layer, role, self.source_id)
+            if role == "probabilities":
+                self._name_class_steps(layer)
+
+    def _name_class_steps(self, layer: Any) -> None:
+        name_class_steps(self.viewer, layer, len(self.plane_dims), self.meta.class_names,
+                         f"{self.name} probabilities")
 
     def abandon(self) -> None:
         """After a cancel or an error: drop empty layers; mark partial ones as incomplete."""

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import SemSegError
 from ..core.settings import TrainSettings, option_fields
+from ._classes import ClassPanel
 from ._fields import DeviceField, LayerCombo, ModelField, is_plugin_result
 from ._form import SettingsForm
 from ._layers import (
@@ -83,6 +84,8 @@ class TrainForm(QWidget):
         self.class_names.setObjectName("class_names")
         self.class_names.setToolTip("class names for a new annotation layer, comma separated "
                                     "(label 1 is the first name)")
+        self.classes = ClassPanel(viewer)
+        self.classes.setObjectName("class_panel")
         self.base_model = ModelField(viewer, allow_new=True, follow_trained=False)
         self.arch = _combo("arch", sorted(ARCHITECTURES), TrainSettings().arch)
         self.encoder = _combo("encoder", option_fields(TrainSettings)["encoder"].option.suggestions,
@@ -102,6 +105,7 @@ class TrainForm(QWidget):
         self._lay_out()
         self.base_model.changed.connect(self._base_changed)
         self.annotations.currentIndexChanged.connect(self._annotations_changed)
+        self.classes.renamed.connect(self._annotations_changed)
         self._base_changed()
         self._annotations_changed()
 
@@ -111,7 +115,8 @@ class TrainForm(QWidget):
         ann_row.addWidget(self.new_button)
         rows = QFormLayout()
         for label, field in (("image", self.image), ("annotations", ann_row),
-                             ("class names", self.class_names), ("start from", self.base_model),
+                             ("class names", self.class_names), ("classes", self.classes),
+                             ("start from", self.base_model),
                              ("architecture", self.arch), ("encoder", self.encoder),
                              ("encoder start", self.encoder_weights),
                              ("device", self.device)):
@@ -134,6 +139,8 @@ class TrainForm(QWidget):
     def _annotations_changed(self, *_: Any) -> None:
         """Show the class names of the chosen annotation layer, when it has some."""
         layer = self.annotations.layer()
+        if layer is not self.classes.layer:
+            self.classes.show_layer(layer)
         if layer is not None:
             names = layer_classes(layer)[0]
             if names:

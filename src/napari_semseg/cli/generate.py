@@ -9,6 +9,7 @@ kind, label values, shapes, output) runs before any work; a problem is one line 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,9 @@ def _follow(job: Any, bar: Any) -> Any:
             bar.n = min(event.elapsed, bar.total)
         else:
             bar.total, bar.n = event.total_steps, event.step
-        post = {"epoch": event.epoch, "loss G": f"{event.loss:.3f}"}
+        post: dict[str, object] = {"epoch": event.epoch}
+        if math.isfinite(event.loss):  # no "loss nan" before the first step
+            post["loss G"] = f"{event.loss:.3f}"
         if "loss_d" in event.metrics:
             post["loss D"] = f"{event.metrics['loss_d']:.3f}"
         bar.set_postfix(post, refresh=False)

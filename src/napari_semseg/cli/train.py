@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -125,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
             else:
                 bar.total = event.total_steps
                 bar.n = event.step
-            post = {"epoch": event.epoch, "loss": f"{event.loss:.4f}"}
+            post: dict[str, object] = {"epoch": event.epoch}
+            if math.isfinite(event.loss):  # no "loss nan" before the first step
+                post["loss"] = f"{event.loss:.4f}"
             if event.metrics:
                 post["val mIoU"] = f"{event.metrics.get('mean_iou', float('nan')):.3f}"
             bar.set_postfix(post, refresh=False)

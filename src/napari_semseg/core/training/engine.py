@@ -131,18 +131,23 @@ class Trainer:
         epochs = self.budget.epochs
         if loop.stop or (epochs is not None and loop.epoch >= epochs):
             return True
-        return loop.step > 0 and loop.out_of_time()
+        elapsed = loop.elapsed()
+        return loop.step > 0 and (loop.out_of_time(elapsed) or loop.next_step_overruns(elapsed))
 
     def _steps(self, loop: LoopState) -> Generator[TrainProgress, None, None]:
         loop.epoch_loss, loop.epoch_steps = 0.0, 0
         total = self.budget.total_steps
         for _ in range(self.budget.steps_per_epoch):
+            started = loop.elapsed()
             event = self._step(loop)
             yield event
+            loop.note_step_cost(loop.elapsed() - started)
             if self.should_stop is not None and self.should_stop():
                 loop.stop = True
                 return
-            if loop.out_of_time(event.elapsed) or (total is not None and loop.step >= total):
+            elapsed = loop.elapsed()
+            if loop.out_of_time(elapsed) or loop.next_step_overruns(elapsed) or (
+                    total is not None and loop.step >= total):
                 return
 
     def _step(self, loop: LoopState) -> TrainProgress:
@@ -162,6 +167,7 @@ class Trainer:
         return self._event(loop, loop.loss, elapsed, loop.eta(elapsed), metrics=metrics)
 
     def _close_epoch(self, loop: LoopState) -> TrainProgress:
+        started = loop.elapsed()
         loop.epoch += 1
         loop.notes = [f"epoch {loop.epoch}: loss {loop.loss:.4f}"]
         self._call("on_epoch_end", loop)
@@ -170,6 +176,7 @@ class Trainer:
                              "elapsed": loop.elapsed()})
         self._call("after_epoch", loop)
         elapsed = loop.elapsed()
+        loop.epoch_end_cost = elapsed - started
         event = self._event(loop, loop.loss, elapsed, loop.eta(elapsed), epoch_end=True,
                             message="".join(loop.notes))
         loop.preview = None

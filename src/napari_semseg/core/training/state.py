@@ -65,12 +65,14 @@ class LoopState:
     epoch: int = 0
     step: int = 0
     elapsed_before: float = 0.0  # seconds spent in earlier sessions of a resumed run
-    session_start: float = field(default_factory=time.perf_counter)
+    session_start: float = field(default_factory=lambda: time.perf_counter())
     session_steps: int = 0
     samples: int = 0  # samples (patches) seen in this session
     epoch_loss: float = 0.0  # sum of the step losses of the current epoch
     epoch_steps: int = 0
     step_seconds: float = 0.0  # duration of the last step (task.step only)
+    step_cost: float = 0.0  # smoothed seconds per step, callbacks and consumer included
+    epoch_end_cost: float = 0.0  # seconds the last epoch's close (validation...) took
     metrics: dict[str, float] = field(default_factory=dict)  # latest validation metrics
     best: float | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
@@ -121,6 +123,18 @@ class LoopState:
         """Whether the time budget is spent (at ``elapsed``, default now)."""
         limit = self.budget.time_budget
         return limit is not None and (self.elapsed() if elapsed is None else elapsed) >= limit
+
+    def next_step_overruns(self, elapsed: float) -> bool:
+        """Whether one more step, then closing the epoch, would end the run further past the
+        time budget than stopping now ends it short of it (never before the first step)."""
+        limit = self.budget.time_budget
+        if limit is None or self.step == 0 or self.step_cost <= 0:
+            return False
+        return elapsed + self.step_cost + self.epoch_end_cost > limit + 0.5 * self.step_cost
+
+    def note_step_cost(self, seconds: float) -> None:
+        """Smooth the measured cost of one step into :attr:`step_cost`."""
+        self.step_cost = seconds if self.step_cost <= 0 else 0.5 * (self.step_cost + seconds)
 
     def say(self, text: str) -> None:
         """Add ``text`` to the message of the next event."""
