@@ -136,3 +136,26 @@ def test_console_script_prints_one_line(tmp_path, model_file):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("option,value,pattern", [
+    ("overlap", 0.25, "--overlap must be a whole number, got 0.25"),  # was silently 0 (seams)
+    ("tta", 2.5, "--tta must be a whole number, got 2.5"),
+    ("tile", "big", "--tile must be a whole number, got 'big'"),
+    ("device", 0, "--device must be text such as 'auto'"),
+    ("batch_size", True, "--batch-size must be a whole number, got True"),
+    ("pixel_size", "0.5", "--pixel-size must be a number"),
+])
+def test_options_of_the_wrong_type_are_refused_through_the_api(tiny_model, grey_image, option,
+                                                               value, pattern):
+    with pytest.raises(SemSegError, match=pattern) as info:
+        segment(grey_image, tiny_model, **{option: value})
+    assert "\n" not in str(info.value)
+
+
+def test_a_tile_far_larger_than_the_image_is_not_allocated(tiny_model, grey_image):
+    """``--tile 100000`` on a small image asked for 80 GB; one image-sized tile does the job."""
+    huge = segment(grey_image, tiny_model, tile=100_000, overlap=32)
+    normal = segment(grey_image, tiny_model, tile=max(grey_image.shape) + 64, overlap=32)
+    assert huge.labels.shape == grey_image.shape
+    np.testing.assert_array_equal(huge.labels, normal.labels)

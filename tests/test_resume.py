@@ -105,3 +105,65 @@ def test_resume_with_other_settings_is_refused(files, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot resume" in err and err.count("\n") == 0
     assert partial_path(out).exists() and not out.exists()
+
+
+def _interrupt(tif, model_file, out):
+    from napari_semseg.core.errors import Cancelled
+
+    with pytest.raises(Cancelled):
+        segment(tif, model_file, output=out, tile=96, overlap=32, device="cpu",
+                probabilities=True, callback=lambda e: e.done < 12)
+    assert partial_path(out).exists()
+
+
+def test_resume_after_the_input_was_replaced_is_refused(files, tmp_path, capsys):
+    """Issue 15: kill, replace the input by another image of the same shape and dtype, resume:
+    the output was half of each, marked complete. The fingerprint now covers the content."""
+    from napari_semseg.cli import main
+
+    model_file, tif = files
+    out = tmp_path / "out.zarr"
+    _interrupt(tif, model_file, out)
+    other = (np.random.default_rng(7).random((520, 500)) * 255).astype(np.uint8)
+    tifffile.imwrite(tif, other, tile=(128, 128))  # same path, shape and dtype
+    code = main(["predict", str(tif), "--model", str(model_file), "--output", str(out), *OPTS,
+                 "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot resume" in err and err.count("\n") == 0
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_resume_of_a_complete_output_checks_how_it_was_made(files, tmp_path, suffix):
+    """``--resume`` skips a complete output only when it was made by this very run; another
+    model or other outputs asked for are refused, not skipped silently."""
+    from napari_semseg.core.errors import SemSegError
+
+    model_file, tif = files
+    out = tmp_path / f"out{suffix}"
+    opts = dict(tile=96, overlap=32, device="cpu")
+    segment(tif, model_file, output=out, **opts)
+    stamp = out.stat().st_mtime_ns
+    events = []
+    segment(tif, model_file, output=out, resume=True, callback=events.append, **opts)
+    assert "already complete" in events[0].message and out.stat().st_mtime_ns == stamp
+    with pytest.raises(SemSegError, match="made from another input, model or output options"):
+        segment(tif, model_file, output=out, resume=True, probabilities=True, **opts)
+    torch.manual_seed(1)
+    other_model = build_model("unet", "resnet18", in_channels=1, classes=3, encoder_depth=3,
+                              decoder_channels=(32, 16, 8), tile=128, halo=16,
+                              normalization=Normalization("meanstd", [127.0], [1 / 70.0]))
+    with pytest.raises(SemSegError, match="made from another input, model or output options"):
+        segment(tif, other_model, output=out, resume=True, **opts)
+    assert out.stat().st_mtime_ns == stamp
+
+
+def test_resume_of_a_foreign_complete_file_is_refused(files, tmp_path):
+    from napari_semseg.core.errors import SemSegError
+
+    model_file, tif = files
+    out = tmp_path / "labels.tif"
+    tifffile.imwrite(out, np.zeros((520, 500), np.uint8))  # not written by napari-semseg
+    with pytest.raises(SemSegError, match="does not say how it was made"):
+        segment(tif, model_file, output=out, resume=True, tile=96, overlap=32, device="cpu")
+    assert not np.any(tifffile.imread(out))

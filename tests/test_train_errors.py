@@ -112,3 +112,36 @@ def test_default_decoder_widths_follow_a_changed_depth():
     kw = _arch_kwargs(TrainSettings(encoder_depth=3))
     assert kw == {"encoder_depth": 3, "decoder_channels": [64, 32, 16]}
     assert _arch_kwargs(TrainSettings(arch="fpn")) == {}
+
+
+def test_a_diverging_learning_rate_stops_with_one_line_and_saves_nothing(tmp_path):
+    """Issue 15: ``--learning-rate 1e30`` saved a model with NaN weights, exit 0."""
+    from napari_semseg import train
+
+    img, lab = _pair(96)
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(SemSegError, match="diverged at step .* lower the learning rate") as info:
+        train(img, lab, epochs=3, steps_per_epoch=4, patch_size=64, batch_size=2,
+              encoder_depth=3, decoder_channels="32,16,8", learning_rate=1e30, device="cpu",
+              encoder_weights=None, checkpoint=str(out))
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def test_label_255_meant_as_ignore_is_refused_without_class_names():
+    """Issue 15: label 255 in the annotations silently made a 255-class model."""
+    img, lab = _pair()
+    lab[20:25, 20:40] = 255
+    msg = _fails("largest 255.*have no strokes.*such as 255, to 0", img, lab)
+    assert "class_names" in msg
+
+
+def test_one_class_left_unpainted_is_still_trained():
+    img, lab = _pair()
+    lab[lab == 2] = 3  # classes 1 and 3 painted, class 2 not (a gap, not a typo of 255)
+    job = iter_train(img, lab, device="cpu", epochs=1, steps_per_epoch=1, patch_size=64,
+                     batch_size=2, encoder_depth=3, decoder_channels="32,16,8",
+                     encoder_weights=None)
+    first = next(job)
+    job.close()
+    assert first.step == 0

@@ -331,3 +331,88 @@ def test_loop_state_round_trips_through_its_record():
     assert (again.epoch, again.step, again.best, again.best_epoch) == (2, 8, 0.7, 1)
     assert again.history == loop.history and again.elapsed_before >= 0
     assert torch.equal(again.best_weights["w"], torch.ones(1))
+
+
+class DivergingDoubler(Doubler):
+    """Fits y = 2x, then from step ``at`` on its weights blow up (as with a huge rate)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def step(self, loop):
+        result = super().step(loop)
+        if loop.step + 1 >= self.at:
+            with torch.no_grad():
+                self.net.weight.fill_(float("inf"))
+            return StepResult(float("nan"), result.samples, {})
+        return result
+
+
+def test_a_diverged_run_stops_and_returns_the_last_validated_model(tmp_path):
+    from napari_semseg.core.training.callbacks import DivergenceGuard
+
+    task = DivergingDoubler(at=25)  # epoch 1 = steps 1-10, epoch 2 = 11-20, diverges in 3
+    checkpoint = tmp_path / "model.safetensors"
+    trainer = Trainer(task, Budget(epochs=6, steps_per_epoch=10),
+                      [DivergenceGuard(), Validation("mse", higher_is_better=False),
+                       Provenance(), Checkpoint(checkpoint)], monitor="mse")
+    events, model = run(trainer.run())
+    assert torch.isfinite(model.weight).all()
+    assert events[-1].epoch == 3 and events[-1].step == 25  # stopped at once
+    message = " ".join(e.message for e in events)
+    assert "diverged at step 25" in message and "kept the model of epoch 2" in message
+    saved, _ = load_doubler(checkpoint)
+    assert torch.isfinite(saved.weight).all()
+    _, tensors = read_checkpoint_state(checkpoint) or (None, {})
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+
+
+def test_diverging_before_any_validation_raises_one_line_and_saves_nothing(tmp_path):
+    from napari_semseg.core.errors import SemSegError
+    from napari_semseg.core.training.callbacks import DivergenceGuard
+
+    checkpoint = tmp_path / "model.safetensors"
+    trainer = Trainer(DivergingDoubler(at=3), Budget(epochs=2, steps_per_epoch=10),
+                      [DivergenceGuard(), Validation("mse", higher_is_better=False),
+                       Checkpoint(checkpoint)], monitor="mse")
+    with pytest.raises(SemSegError, match="diverged at step 3 .*nothing was saved: lower the "
+                                          "learning rate") as info:
+        run(trainer.run())
+    assert "\n" not in str(info.value) and not checkpoint.exists()
+
+
+def test_a_checkpoint_killed_between_its_two_files_resumes_from_the_state(tmp_path, monkeypatch):
+    """The .state (written first) holds the live weights: a run killed after writing it but
+    before the model file resumes consistently from the state alone."""
+    checkpoint = tmp_path / "model.safetensors"
+    task = Doubler()
+    job = Trainer(task, Budget(epochs=4, steps_per_epoch=10), [Checkpoint(checkpoint)]).run()
+    _kill_after_epoch(job, 1)
+    first_model = checkpoint.read_bytes()
+    job = Trainer(Doubler(), Budget(epochs=4, steps_per_epoch=10), [Checkpoint(checkpoint)],
+                  resume=read_checkpoint_state(checkpoint)).run()
+    # the next epoch's state is written, then the kill comes before the model file
+    original = Doubler.save
+
+    def killed(self, model, path):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(Doubler, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(job)
+    monkeypatch.setattr(Doubler, "save", original)
+    assert checkpoint.read_bytes() == first_model  # the model file is the older one
+    saved, tensors = read_checkpoint_state(checkpoint)
+    assert saved["epoch"] == 2  # the state is the newer one
+    resumed = Doubler()
+    resumed_net, _ = load_doubler(checkpoint)
+    resumed.net = resumed_net
+    trainer = Trainer(resumed, Budget(epochs=4, steps_per_epoch=10), [],
+                      resume=(saved, tensors))
+    gen = trainer.run()
+    next(gen)  # started: weights restored
+    live = {k[len("module/__model__/"):]: v for k, v in tensors.items()
+            if k.startswith("module/__model__/")}
+    assert live and all(torch.equal(resumed.net.state_dict()[k], v) for k, v in live.items())
+    gen.close()

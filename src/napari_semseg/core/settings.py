@@ -14,6 +14,8 @@ derived from it; :func:`option_fields` gives the resolved view (type, default, m
 from __future__ import annotations
 
 import functools
+import os
+import numbers
 import json
 import types
 import typing
@@ -143,11 +145,30 @@ class OptionField:
         """Raise :class:`SemSegError` (one line naming the CLI flag) if ``value`` is refused."""
         if value is None and self.optional:
             return
+        wrong = self._type_problem(value)
+        if wrong:
+            shown = repr(value) if isinstance(value, str) else value
+            raise SemSegError(f"{self.flag} must be {wrong}, got {shown}")
         if self.type is bool or self.option.accepts(value):
             return
         shown = repr(value) if isinstance(value, str) else value
         raise SemSegError(f"{self.flag} must be {self.option.describe_range(self.type is int)}, "
                           f"got {shown}")
+
+
+    def _type_problem(self, value: Any) -> str:
+        """What ``value`` should be when its type is wrong ("" when it is right): a whole
+        number for int options (0.25 is not silently truncated), a number for float options,
+        text for text options (``device=0`` is not a device)."""
+        if self.type is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            return "a whole number"
+        if self.type is float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            return "a number"
+        if self.type is str and not isinstance(value, (str, os.PathLike)) and not (
+                isinstance(value, bool) and self.option.true_choice):
+            choices = self.option.choices or self.option.suggestions
+            return "text" + (f" such as {', '.join(map(repr, choices[:4]))}" if choices else "")
+        return ""
 
 
 def _value_type(annotation: Any) -> tuple[type, bool]:

@@ -124,7 +124,9 @@ def normalize_tile(tile: int | None, overlap: int | None, stride: int, default_t
         raise SemSegError(f"tile {tile} is smaller than this network's minimum of {min_tile} "
                           f"pixels (twice its stride {stride}); use --tile {max(min_tile, 256)} or "
                           "more")
-    tile = round_up(tile, stride)
+    # a tile larger than the image and the default buys nothing but memory (--tile 100000
+    # on a 512-pixel image asked for 80 GB): one tile of that size covers the image anyway
+    tile = min(round_up(tile, stride), max(default_tile, round_up(max(shape), stride)))
     overlap = round_up(overlap, stride) if overlap > 0 else 0
     if overlap >= tile // 2 + 1:
         raise SemSegError(f"overlap {overlap} must be less than half the tile ({tile})")

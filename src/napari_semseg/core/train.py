@@ -34,6 +34,7 @@ from .training.callbacks import (
     AnnotationFeed,
     Callback,
     Checkpoint,
+    DivergenceGuard,
     EarlyStopping,
     FirstAnswer,
     Preview,
@@ -101,6 +102,7 @@ def segmentation_callbacks(settings: TrainSettings, device: torch.device, budget
         callbacks.append(UseNewAnnotations(feed))
     if first_answer_wanted(settings) and new_model:
         callbacks.append(FirstAnswer(settings.time_budget, settings.seed))
+    callbacks.append(DivergenceGuard())
     callbacks.append(Validation("mean_iou", "mean IoU"))
     if settings.early_stopping is not None:
         callbacks.append(EarlyStopping(settings.early_stopping))

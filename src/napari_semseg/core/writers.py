@@ -135,6 +135,29 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def fingerprint_text(info: dict[str, Any]) -> str:
+    """The resume fingerprint of a run's ``info`` as outputs record it (canonical JSON)."""
+    return json.dumps(info.get("fingerprint", {}), sort_keys=True)
+
+
+def recorded_fingerprint(path: Path) -> str | None:
+    """The fingerprint a finished output records (zarr attributes or the TIFF's description),
+    or None when it records none."""
+    path = Path(path)
+    try:
+        if output_kind(path) == "zarr":
+            attrs = json.loads((path / ".zattrs").read_text())
+        else:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                attrs = json.loads(getattr(tif.pages.first, "description", "") or "{}")
+        value = attrs[METADATA_KEY]["fingerprint"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def is_complete(path: Path) -> bool:
     """True when ``path`` is a finished output (it exists and no unfinished run is pending)."""
     path = Path(path)
@@ -300,7 +323,7 @@ class ZarrSink:
         self.partial = partial_path(self.path)
         self.layout, self.info, self.overwrite, self.pyramid = layout, info, overwrite, pyramid
         self.placement = placement or Placement()
-        fingerprint = json.dumps(info.get("fingerprint", {}), sort_keys=True)
+        fingerprint = fingerprint_text(info)
         if attach:  # a cluster worker writing its chunks into the store the client created
             self.root = self._attach()
         else:
@@ -539,8 +562,16 @@ class TiffSink(ZarrSink):
         super().__init__(self.tiff_path.with_name(self.tiff_path.name + ".zarr"), layout, info,
                          overwrite=overwrite, resume=resume, pyramid=False)
 
-    def _write_tiff(self, arr: Any, target: Path, axes: str) -> None:
-        write_tiled_tiff(target, arr, axes, geo_tags=self.geo_tags, tile=self.TIFF_TILE)
+    def _write_tiff(self, arr: Any, target: Path, axes: str, describe: bool = False) -> None:
+        """Write one TIFF; the labels file records classes and the run's fingerprint."""
+        description = None
+        if describe:
+            description = {METADATA_KEY: {
+                "kind": "labels", "class_names": list(self.info.get("class_names", [])),
+                "class_colors": list(self.info.get("class_colors", [])),
+                "model": self.info.get("model"), "fingerprint": fingerprint_text(self.info)}}
+        write_tiled_tiff(target, arr, axes, geo_tags=self.geo_tags, tile=self.TIFF_TILE,
+                         description=description)
 
     def finish(self) -> SegmentationResult:
         planes = tiff_axes(len(self.layout.plane_dims))
@@ -550,7 +581,7 @@ class TiffSink(ZarrSink):
             self._write_tiff(self.probabilities, extra["probabilities"], planes + "CYX")
         if self.uncertainty is not None:
             self._write_tiff(self.uncertainty, extra["uncertainty"], planes + "YX")
-        self._write_tiff(self.labels, self.tiff_path, planes + "YX")
+        self._write_tiff(self.labels, self.tiff_path, planes + "YX", describe=True)
         shutil.rmtree(self.partial, ignore_errors=True)
         return SegmentationResult(
             _lazy_tiff(self.tiff_path),

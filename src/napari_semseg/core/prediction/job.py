@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..device import resolve_device
@@ -20,8 +21,8 @@ from ..models import SemSegModel, as_model
 from ..normalize import Normalization, estimate_normalization
 from ..settings import PredictSettings
 from ..tiling import TileGrid
-from ..writers import (OutputLayout, SegmentationResult, Sink, check_output, is_complete,
-                       make_sink)
+from ..writers import (OutputLayout, SegmentationResult, Sink, check_output, fingerprint_text,
+                       is_complete, make_sink, recorded_fingerprint)
 from .plan import TilePlan, plan_tiles
 
 # per model: (the key of the weights and metadata hashed, their digest)
@@ -111,12 +112,52 @@ def _run_info(source: ImageSource, model: SemSegModel, settings: PredictSettings
                      "chunk": plan.chunk, "batch_size": plan.batch_size},
         "fingerprint": {
             "input": {"shape": source.shape, "dtype": str(source.dtype),
-                      "path": str(source.path.resolve()) if source.path else None},
+                      "path": str(source.path.resolve()) if source.path else None,
+                      "content": content_digest(source)},
             "model": digest,
             "tiling": [plan.tile, plan.overlap, plan.margin, plan.chunk, plan.scale],
             "outputs": [settings.probabilities, _uncertainty_fingerprint(settings)],
         },
     }
+
+
+SAMPLE_EDGE = 32  # pixels: the edge of each window the content digest reads
+SAMPLE_AT = (0.05, 0.5, 0.95)  # where the windows are, as fractions of the height and width
+
+
+def content_digest(source: ImageSource) -> str:
+    """A digest of the input's content: a file's size and modification time, and 9 small
+    windows of its first and last planes (read, not the whole image). A resumed run whose
+    input was replaced or edited gets another digest."""
+    digest = hashlib.sha256()
+    path = Path(source.path) if source.path is not None else None
+    if path is not None and path.is_file():
+        stat = path.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    h, w = source.plane_shape
+    for plane in sorted({0, source.n_planes - 1}):
+        for fy in SAMPLE_AT:
+            for fx in SAMPLE_AT:
+                y = int(max(0, h - SAMPLE_EDGE) * fy)
+                x = int(max(0, w - SAMPLE_EDGE) * fx)
+                with _reading(source):
+                    window = source.read(plane, slice(y, y + SAMPLE_EDGE),
+                                         slice(x, x + SAMPLE_EDGE))
+                digest.update(np.ascontiguousarray(window).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def _check_complete_output(output: Path, info: dict[str, Any]) -> None:
+    """``--resume`` on a complete output: accepted only when the output records this very run
+    (same input content, model, tiling and outputs); else one line saying what to do."""
+    recorded = recorded_fingerprint(output)
+    if recorded is None:
+        raise SemSegError(f"{output} is complete but does not say how it was made (an older or "
+                          "foreign file); pass --overwrite (overwrite=True) to recompute it")
+    if recorded != fingerprint_text(info):
+        raise SemSegError(f"{output} is complete but was made from another input, model or "
+                          "output options than this run; pass --overwrite (overwrite=True) to "
+                          "recompute it, or choose another output")
 
 
 def _uncertainty_fingerprint(settings: PredictSettings) -> bool | str:
@@ -158,7 +199,9 @@ def prepare(image: Any, model: SemSegModel | str | os.PathLike,
     device = resolve_device(settings.device) if device is None else device
     plan = plan_tiles(source, model, settings, device)
     output = _check_destination(output, sink, settings, source.path)
+    info = _run_info(source, model, settings, plan)
     if output is not None and settings.resume and is_complete(output):
+        _check_complete_output(output, info)
         return SegmentationResult(None, path=output)
     if meta.normalization is None:
         with _reading(source):
@@ -167,5 +210,4 @@ def prepare(image: Any, model: SemSegModel | str | os.PathLike,
         norm = meta.normalization
     layout = OutputLayout(source.plane_dims, source.plane_shape, plan.chunk, meta.classes,
                           settings.probabilities, settings.uncertainty_kind is not None)
-    info = _run_info(source, model, settings, plan)
     return SegmentJob(source, model, settings, device, plan, layout, norm, info, output, sink)

@@ -59,17 +59,27 @@ def _optimizer_tensors(optimizers: Mapping[str, torch.optim.Optimizer]
     return tensors, groups
 
 
+LIVE = "__model__"  # the task's live model inside the .state file
+
+
 def write_checkpoint(path: Path, task: Task, loop: LoopState) -> None:
-    """Write the task's live model (:meth:`Task.save`) and the ``.state`` file next to it."""
-    task.save(task.model(), path)
+    """Write the ``.state`` file (optimizers, modules, the live model's weights, counters),
+    then the task's live model (:meth:`Task.save`) beside it.
+
+    Each file is replaced atomically; the state is written first and holds the live weights
+    too, so a run killed between the two files resumes from the state alone, consistently
+    (not from a newer model with an older schedule).
+    """
     tensors, groups = _optimizer_tensors(task.optimizers())
-    for name, module in task.modules().items():
-        tensors.update({f"module/{name}/{k}": v.detach().clone()
+    modules = {**task.modules(), LIVE: task.model()}
+    for name, module in modules.items():
+        tensors.update({f"module/{name}/{k}": v.detach().cpu().clone()
                         for k, v in module.state_dict().items()})
     if loop.best_weights is not None:
         tensors.update({f"best/{k}": v for k, v in loop.best_weights.items()})
     meta = {"param_groups": groups, **loop.record(), **task.state()}
     save_tensors_atomic(tensors, state_path(path), {"state": json.dumps(meta)})
+    task.save(task.model(), path)
 
 
 def read_checkpoint_state(path: Path) -> SavedState | None:

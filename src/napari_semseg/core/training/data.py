@@ -171,6 +171,8 @@ def _class_count(index: AnnotationIndex, model: SemSegModel | None,
                           "not annotated)")
     if k is None:
         k = k_model if k_model is not None else top
+        if k_model is None:
+            _check_gaps(index.classes_present, top)
     if top > k:
         if class_names:
             raise SemSegError(f"annotations use class {top} but class_names lists only {k} "
@@ -186,6 +188,18 @@ def _class_count(index: AnnotationIndex, model: SemSegModel | None,
         raise SemSegError(f"only class {present[0]} is annotated; paint at least two classes "
                           "so the network can learn to tell them apart")
     return k
+
+
+def _check_gaps(present: list[int], top: int) -> None:
+    """Without class names, the largest label sets the number of classes: refuse labels that
+    leave most of those classes without a stroke (e.g. 255 meant as "ignore")."""
+    missing = top - len(present)
+    if missing > len(present):
+        shown = ", ".join(map(str, present[:6])) + (", ..." if len(present) > 6 else "")
+        raise SemSegError(f"annotations use labels {shown} (largest {top}): {missing} of the "
+                          f"{top} classes this implies have no strokes; number the classes "
+                          "1..K without gaps (0 = not annotated: set pixels meant to be "
+                          "ignored, such as 255, to 0) or pass class_names")
 
 
 def _pad_index(index: AnnotationIndex, k: int) -> None:

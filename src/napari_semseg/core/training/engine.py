@@ -39,7 +39,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from .callbacks.base import Callback
-from .checkpoint import SavedState, restore_modules, restore_optimizers
+from .checkpoint import LIVE, SavedState, restore_modules, restore_optimizers
 from .state import Budget, LoopState, TrainProgress
 from .task import Task
 
@@ -121,7 +121,7 @@ class Trainer:
                        for name, opt in self.task.optimizers().items()}
         if self.resume is not None:
             restore_optimizers(self.task.optimizers(), *self.resume)
-            restore_modules(self.task.modules(), tensors)
+            restore_modules({**self.task.modules(), LIVE: self.task.model()}, tensors)
         loop.metrics = dict(loop.best_metrics)
         self._call("on_start", loop)
 
@@ -144,6 +144,7 @@ class Trainer:
             loop.note_step_cost(loop.elapsed() - started)
             if self.should_stop is not None and self.should_stop():
                 loop.stop = True
+            if loop.stop:  # cancelled, or a callback ended the run (divergence)
                 return
             elapsed = loop.elapsed()
             if loop.out_of_time(elapsed) or loop.next_step_overruns(elapsed) or (

@@ -30,6 +30,8 @@ class Validation(Callback):
 
     def on_epoch_end(self, loop: LoopState, task: Task) -> None:
         loop.verdict = None
+        if loop.info.get("diverged_at"):  # the best so far stays (see DivergenceGuard)
+            return
         metrics = task.validate()
         if metrics is None:
             loop.best_weights = None
