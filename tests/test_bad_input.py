@@ -159,3 +159,54 @@ def test_a_tile_far_larger_than_the_image_is_not_allocated(tiny_model, grey_imag
     normal = segment(grey_image, tiny_model, tile=max(grey_image.shape) + 64, overlap=32)
     assert huge.labels.shape == grey_image.shape
     np.testing.assert_array_equal(huge.labels, normal.labels)
+
+
+def _uint8_model():
+    import torch
+
+    from napari_semseg import build_model
+    from napari_semseg.core.normalize import Normalization
+
+    torch.manual_seed(0)
+    return build_model("unet", "resnet18", in_channels=1, classes=2, encoder_depth=3,
+                       decoder_channels=(16, 8, 8), encoder_weights=None,
+                       normalization=Normalization("meanstd", [127.0], [1 / 70.0]))
+
+
+@pytest.mark.parametrize("kind", ["float 0-1", "uint16", "bool"])
+def test_an_input_unlike_the_training_data_gets_a_warning_with_numbers(kind):
+    """Issue 15: uint16, float 0-1 or bool images given to a uint8 model came out one class,
+    with no word. The run goes on, with one warning naming the values and the fix."""
+    from napari_semseg.core.errors import SemSegWarning
+
+    rng = np.random.default_rng(0)
+    image = {"float 0-1": rng.random((128, 128)).astype(np.float32),
+             "uint16": rng.integers(0, 4096, (128, 128)).astype(np.uint16),
+             "bool": rng.random((128, 128)) > 0.5}[kind]
+    with pytest.warns(SemSegWarning, match="looks unlike the model's training data: its values "
+                                           r".* the model expects \(about"):
+        result = segment(image, _uint8_model(), tile=128, overlap=32)
+    assert result.labels.shape == image.shape
+
+
+def test_an_input_like_the_training_data_gets_no_warning(grey_image):
+    import warnings
+
+    from napari_semseg.core.errors import SemSegWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SemSegWarning)
+        segment(grey_image, _uint8_model(), tile=128, overlap=32)
+
+
+def test_the_cli_prints_the_warning_as_one_line(capsys, tmp_path):
+    from napari_semseg import save_model
+
+    model_file = save_model(_uint8_model(), tmp_path / "m.safetensors")
+    image = tmp_path / "u16.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 4096, (96, 96), np.uint16))
+    code = main(["predict", str(image), "--model", str(model_file), "--output",
+                 str(tmp_path / "o.tif"), "--tile", "96", "--overlap", "32"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "warning:" in ln]
+    assert code == 0 and len(lines) == 1 and "uint16" in lines[0] and "8-bit" in lines[0]

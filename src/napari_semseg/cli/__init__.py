@@ -44,6 +44,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace | int:
         return 2
 
 
+def _one_line_warnings(command: str) -> None:
+    """Show the library's warnings (an input unlike the training data...) as one line each."""
+    import warnings
+
+    from napari_semseg.core.errors import SemSegWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, SemSegWarning):
+            print(f"napari-semseg {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", SemSegWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``napari-semseg`` console script."""
     args = _parse(argv)
@@ -51,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return args
     from napari_semseg.core.errors import Cancelled, SemSegError
 
+    _one_line_warnings(args.command)
     try:
         return int(args.run(args) or 0)
     except SemSegError as exc:

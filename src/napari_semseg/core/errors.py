@@ -14,3 +14,10 @@ class SemSegError(ValueError):
 
 class Cancelled(RuntimeError):
     """Raised inside a job when the user asked it to stop."""
+
+
+class SemSegWarning(UserWarning):
+    """Work goes on, but the result may be wrong: what was seen, with numbers, and the fix.
+
+    The CLI prints it as one ``warning:`` line; napari shows it as a notification.
+    """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from ..device import resolve_device
-from ..errors import SemSegError
+from ..errors import SemSegError, SemSegWarning
 from ..io import ImageSource, check_finite, open_image
 from ..models import SemSegModel, as_model
 from ..normalize import Normalization, estimate_normalization
@@ -23,6 +24,7 @@ from ..settings import PredictSettings
 from ..tiling import TileGrid
 from ..writers import (OutputLayout, SegmentationResult, Sink, check_output, fingerprint_text,
                        is_complete, make_sink, recorded_fingerprint)
+from .input_check import input_warnings
 from .plan import TilePlan, plan_tiles
 
 # per model: (the key of the weights and metadata hashed, their digest)
@@ -72,6 +74,7 @@ class SegmentJob:
     info: dict[str, Any]
     output: Path | None
     sink: Sink | None = None
+    warnings: tuple[str, ...] = ()  # the input looks unlike the training data (see input_check)
 
     @property
     def stride(self) -> int:
@@ -203,11 +206,17 @@ def prepare(image: Any, model: SemSegModel | str | os.PathLike,
     if output is not None and settings.resume and is_complete(output):
         _check_complete_output(output, info)
         return SegmentationResult(None, path=output)
+    notes: list[str] = []
     if meta.normalization is None:
         with _reading(source):
             norm = estimate_normalization(source)
     else:
         norm = meta.normalization
+        with _reading(source):
+            notes = input_warnings(source, norm, str(source.path or "the image"))
+    for note in notes:
+        warnings.warn(note, SemSegWarning, stacklevel=2)
     layout = OutputLayout(source.plane_dims, source.plane_shape, plan.chunk, meta.classes,
                           settings.probabilities, settings.uncertainty_kind is not None)
-    return SegmentJob(source, model, settings, device, plan, layout, norm, info, output, sink)
+    return SegmentJob(source, model, settings, device, plan, layout, norm, info, output, sink,
+                      tuple(notes))

@@ -45,6 +45,7 @@ def _first_event(job: SegmentJob, todo: dict[int, set[Chunk]], done_before: set
     total = sum(len(grid.tiles_for(w)) for w in todo.values() if w)
     n_chunks = sum(len(w) for w in todo.values())
     note = f" (resuming: {len(done_before)} chunks already done)" if done_before else ""
+    note += "".join(f"; warning: {w}" for w in job.warnings)
     return total, PredictProgress(0, total, message=f"{total} tiles of {job.plan.tile} px, "
                                   f"{n_chunks} chunks on {job.device}{note}")
 

@@ -1,0 +1,68 @@
+"""Does the input look like what the model was trained on? A cheap look before the run.
+
+A model learns from normalized pixels (:class:`~napari_semseg.core.normalize.Normalization`);
+a model with a fixed normalization (a training set's mean and spread, or a pretrained start's
+0-255 range) turns an image of another kind into pixels far outside what it has seen
+(uint16 or 0-1 float images given to a uint8 model), and usually answers one class
+everywhere. :func:`input_warnings` reads a few small windows, normalizes them as the model
+will, and describes, with numbers, an input whose values are squeezed into a sliver of the
+expected range or spread far beyond it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io import ImageSource
+from ..normalize import Normalization
+
+WINDOW = 64
+AT = (0.1, 0.5, 0.9)
+# normalized values the model saw in training (about): meanstd -> a few standard deviations
+# around 0, percentile -> 0..1
+EXPECTED = {"meanstd": (-3.0, 3.0), "percentile": (0.0, 1.0)}
+TOO_WIDE = 4.0  # spread more than this many expected spans
+TOO_FLAT = 0.02  # or less than this fraction of one
+
+
+def _sample(source: ImageSource) -> np.ndarray:
+    """Up to 9 windows of the first plane as ``(C, N)`` float64 values."""
+    h, w = source.plane_shape
+    blocks = []
+    for fy in AT:
+        for fx in AT:
+            y, x = int(max(0, h - WINDOW) * fy), int(max(0, w - WINDOW) * fx)
+            block = source.read(0, slice(y, y + WINDOW), slice(x, x + WINDOW))
+            blocks.append(np.asarray(block, np.float64).reshape(block.shape[0], -1))
+    return np.concatenate(blocks, axis=1)
+
+
+def input_warnings(source: ImageSource, norm: Normalization, what: str = "the image"
+                   ) -> list[str]:
+    """One line per problem (empty when the input looks like the training data)."""
+    expected = EXPECTED.get(norm.mode)
+    if expected is None or not norm.offset:
+        return []
+    values = _sample(source)
+    offset, scale = norm.arrays(values.shape[0])
+    lo_e, hi_e = expected
+    span = hi_e - lo_e
+    out = []
+    for c in range(values.shape[0]):
+        raw_lo, raw_hi = np.percentile(values[c], [1, 99])
+        lo, hi = ((np.array([raw_lo, raw_hi]) - offset[c, 0, 0]) * scale[c, 0, 0]).tolist()
+        if hi - lo > TOO_WIDE * span or max(abs(lo), abs(hi)) > TOO_WIDE * span:
+            problem = "far beyond"
+        elif hi - lo < TOO_FLAT * span and raw_hi > raw_lo:
+            problem = "in a sliver of"
+        else:
+            continue
+        want_lo = lo_e / scale[c, 0, 0] + offset[c, 0, 0]
+        want_hi = hi_e / scale[c, 0, 0] + offset[c, 0, 0]
+        channel = f" (channel {c})" if values.shape[0] > 1 else ""
+        out.append(f"{what}{channel} looks unlike the model's training data: its values "
+                   f"{raw_lo:.4g}..{raw_hi:.4g} ({source.dtype}) lie {problem} the range the "
+                   f"model expects (about {want_lo:.4g}..{want_hi:.4g}); the result may be one "
+                   "class everywhere: convert the image to the training data's range (e.g. "
+                   "8-bit), or use a model trained on such images")
+    return out
