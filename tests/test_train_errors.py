@@ -145,3 +145,9 @@ def test_one_class_left_unpainted_is_still_trained():
     first = next(job)
     job.close()
     assert first.step == 0
+
+
+def test_class_colours_that_are_not_colours_are_refused_before_training():
+    img, lab = _pair()
+    _fails(r"class_colors holds '#zzzzzz': give colours as #rrggbb", img, lab,
+           class_names=["a", "b"], class_colors=["#ff0000", "#zzzzzz"])

@@ -21,6 +21,7 @@ from torch import nn
 from ._triton_guard import preload_triton
 from .constants import METADATA_KEY, PALETTE
 from .errors import SemSegError
+from .model_schema import metadata_problem
 from .first_answer.net import FeatureHeadNet, feature_head_stride
 from .normalize import Normalization
 from .pretrained import Start, load_start, resolve_start
@@ -295,6 +296,9 @@ def save_model(model: SemSegModel, path: str | os.PathLike, *, overwrite: bool =
     path = Path(path)
     if path.exists() and not overwrite:
         raise SemSegError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    problem = metadata_problem(model.metadata)
+    if problem:
+        raise SemSegError(f"cannot save the model to {path}: its metadata is invalid: {problem}")
     model.metadata.versions = _versions()
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
     if half:
@@ -347,9 +351,15 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
         if kind != "segmenter":  # e.g. "generator" (napari_semseg.core.generation)
             raise SemSegError(f"{path} is an image {kind}, not a segmentation model; give a "
                               "segmentation model (a generator is used by synthesize)")
-        return ModelMetadata.from_json(text)
-    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        meta = ModelMetadata.from_json(text)
+    except SemSegError:
+        raise
+    except (json.JSONDecodeError, TypeError, AttributeError, ValueError) as exc:
         raise SemSegError(f"{path} has damaged napari-semseg metadata: {exc}") from exc
+    problem = metadata_problem(meta)
+    if problem:
+        raise SemSegError(f"{path} has invalid napari-semseg metadata: {problem}")
+    return meta
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SemSegModel:
@@ -371,6 +381,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
         raise SemSegError(f"{path} is damaged: {exc}") from exc
     net = _make_net(meta)
     reference = net.state_dict()
+    for k, v in tensors.items():
+        if k in reference and reference[k].is_floating_point() and not v.is_floating_point():
+            raise SemSegError(f"{path}: weight {k} holds {v.dtype} numbers where "
+                              f"{meta.arch}/{meta.encoder} needs floating point; the file was "
+                              "not written by napari-semseg or was altered")
     tensors = {k: v.to(reference[k].dtype) if k in reference and v.is_floating_point() else v
                for k, v in tensors.items()}
     try:

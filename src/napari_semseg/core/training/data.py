@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import SemSegError
+from ..model_schema import COLOR
 from ..io import ImageSource, check_finite, open_array, open_image
 from ..models import PALETTE, SemSegModel
 from ..normalize import Normalization, estimate_normalization, sample_pixels
@@ -222,6 +223,10 @@ def _names_and_colors(k: int, model: SemSegModel | None, class_names: list[str] 
     colors = list(class_colors) if class_colors else []
     if colors and len(colors) != k:
         raise SemSegError(f"class_colors has {len(colors)} entries but there are {k} classes")
+    bad = [c for c in colors if not isinstance(c, str) or not COLOR.match(c)]
+    if bad:
+        raise SemSegError(f"class_colors holds {bad[0]!r}: give colours as #rrggbb, e.g. "
+                          "#ff0000 for red")
     if not colors:
         colors = list(model.metadata.class_colors) if model is not None else []
         colors += [_palette(c) for c in range(len(colors) + 1, k + 1)]
