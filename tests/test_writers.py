@@ -129,10 +129,10 @@ def test_tiff_sink_streams_tiles_and_writes_companions_first(tmp_path, monkeypat
     order = []
     original = TiffSink._write_tiff
 
-    def spy(self, arr, target, axes):
+    def spy(self, arr, target, axes, **kwargs):
         order.append(target.name)
         assert not out.exists()  # the labels file appears last
-        return original(self, arr, target, axes)
+        return original(self, arr, target, axes, **kwargs)
 
     monkeypatch.setattr(TiffSink, "_write_tiff", spy)
     res = sink.finish()
