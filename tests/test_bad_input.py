@@ -210,3 +210,60 @@ def test_the_cli_prints_the_warning_as_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if "warning:" in ln]
     assert code == 0 and len(lines) == 1 and "uint16" in lines[0] and "8-bit" in lines[0]
+
+
+def test_a_fifo_as_input_or_model_is_refused_not_waited_on(capsys, tmp_path, model_file,
+                                                          good_tif):
+    import os
+
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    code, err = run_cli(capsys, fifo, "--model", model_file, "--output", tmp_path / "o.zarr")
+    assert code == 2 and "not a regular file (a pipe" in err and err.count("\n") == 0
+    model_fifo = tmp_path / "model_pipe.safetensors"
+    os.mkfifo(model_fifo)
+    code, err = run_cli(capsys, good_tif, "--model", model_fifo, "--output", tmp_path / "o.zarr")
+    assert code == 2 and "not a regular file" in err
+
+
+def test_a_truncated_tiff_is_refused_before_work(capsys, tmp_path, model_file):
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (512, 512), np.uint8))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[:8] + data[8:len(data) // 2])  # the header claims more than is there
+    if tifffile.TiffFile(cut).pages.first.dataoffsets[0] + \
+            tifffile.TiffFile(cut).pages.first.databytecounts[0] <= cut.stat().st_size:
+        pytest.skip("tifffile put the header at the end of this file")
+    code, err = run_cli(capsys, cut, "--model", model_file, "--output", tmp_path / "o.zarr")
+    assert code == 2 and "is truncated" in err and err.count("\n") == 0
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_an_ome_zarr_naming_a_missing_array_is_one_line(capsys, tmp_path, model_file):
+    import zarr
+
+    store = tmp_path / "img.ome.zarr"
+    root = zarr.open_group(str(store), mode="w", zarr_format=2)
+    root.create_array("0", shape=(64, 64), dtype=np.uint8)
+    root.attrs["multiscales"] = [{"datasets": [{"path": "missing"}]}]
+    code, err = run_cli(capsys, store, "--model", model_file, "--output", tmp_path / "o.zarr")
+    assert code == 2 and "names an array that is not there" in err and err.count("\n") == 0
+
+
+def test_evaluate_json_into_a_missing_folder_or_over_a_file_is_refused_before_scoring(
+        capsys, tmp_path):
+    truth = tmp_path / "truth.tif"
+    tifffile.imwrite(truth, np.ones((32, 32), np.uint8))
+    code = main(["evaluate", str(truth), "--truth", str(truth), "--json",
+                 str(tmp_path / "no" / "such" / "r.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "does not exist" in err and err.count("\n") == 0
+    report = tmp_path / "r.json"
+    report.write_text("precious")
+    code = main(["evaluate", str(truth), "--truth", str(truth), "--json", str(report)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "pass --overwrite" in err and report.read_text() == "precious"
+    assert main(["evaluate", str(truth), "--truth", str(truth), "--json", str(report),
+                 "--overwrite"]) == 0
+    assert "mean_iou" in report.read_text()

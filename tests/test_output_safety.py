@@ -99,3 +99,111 @@ def test_two_inputs_with_one_name_are_refused_before_any_work(tmp_path, model_fi
     assert code == 2
     assert "both" in _one_line_error(capsys)
     assert not any(out.iterdir()) if out.exists() else True
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_a_second_run_on_an_output_being_written_is_refused(model_file, image, tmp_path,
+                                                            suffix):
+    """Two predicts on the same output: the second is refused (one line) while the first
+    writes, and the first finishes untouched; no lock is left behind."""
+    path, img = image
+    out = tmp_path / f"seg{suffix}"
+    refused = []
+
+    def second_run(event):
+        if not refused:
+            with pytest.raises(SemSegError, match="is being written by another run") as info:
+                segment(path, model_file, output=out, overwrite=True, tile=96, overlap=32,
+                        device="cpu")
+            refused.append(str(info.value))
+        return True
+
+    result = segment(path, model_file, output=out, tile=96, overlap=32, device="cpu",
+                     callback=second_run)
+    assert refused and "\n" not in refused[0]
+    ref = segment(img, model_file, tile=96, overlap=32, device="cpu")
+    np.testing.assert_array_equal(np.asarray(result.labels), ref.labels)
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(model_file, image, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path, _ = image
+    out = tmp_path / "seg.zarr"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    import socket
+
+    (tmp_path / "seg.zarr.lock").write_text(json.dumps({"pid": int(dead.stdout),
+                                                        "host": socket.gethostname()}))
+    segment(path, model_file, output=out, tile=96, overlap=32, device="cpu")
+    assert out.exists() and not (tmp_path / "seg.zarr.lock").exists()
+
+
+def test_a_cancelled_run_releases_its_lock(model_file, image, tmp_path):
+    from napari_semseg.core.errors import Cancelled
+
+    path, _ = image
+    out = tmp_path / "seg.zarr"
+    with pytest.raises(Cancelled):
+        segment(path, model_file, output=out, tile=96, overlap=32, device="cpu",
+                callback=lambda e: False)
+    assert not (tmp_path / "seg.zarr.lock").exists()
+    segment(path, model_file, output=out, resume=True, tile=96, overlap=32, device="cpu")
+    assert out.exists()
+
+
+def _disk_full():
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_writing_chunks_ends_with_one_line_and_leaves_nothing(
+        model_file, image, tmp_path, monkeypatch, capsys):
+    from napari_semseg.core.writers import ZarrSink, partial_path
+
+    path, _ = image
+    out = tmp_path / "seg.zarr"
+    calls = {"n": 0}
+    original = ZarrSink.write
+
+    def write(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _disk_full()
+        return original(self, chunk)
+
+    monkeypatch.setattr(ZarrSink, "write", write)
+    code = main(["predict", str(path), "-m", str(model_file), "-o", str(out), *OPTS])
+    err = _one_line_error(capsys)
+    assert code == 2 and "the disk is full" in err and "nothing incomplete was left" in err
+    assert not out.exists() and not partial_path(out).exists()
+    assert not list(tmp_path.glob("seg*"))
+
+
+def test_a_full_disk_while_writing_the_tiff_leaves_no_companion(model_file, image, tmp_path,
+                                                                monkeypatch):
+    """The labels file is written last; a full disk then used to leave a complete-looking
+    ``..._probabilities.tif`` without labels."""
+    import tifffile as tf
+
+    path, _ = image
+    out = tmp_path / "seg.tif"
+    original = tf.imwrite
+
+    def imwrite(target, *args, **kwargs):
+        if str(target).endswith("seg.tif.partial"):  # the labels file, after the companions
+            with open(target, "wb") as fh:
+                fh.write(b"II*\0")  # half-written
+            raise _disk_full()
+        return original(target, *args, **kwargs)
+
+    monkeypatch.setattr(tf, "imwrite", imwrite)
+    with pytest.raises(SemSegError, match="the disk is full"):
+        segment(path, model_file, output=out, probabilities=True, uncertainty=True, tile=96,
+                overlap=32, device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "x.tif"]

@@ -151,3 +151,26 @@ def test_class_colours_that_are_not_colours_are_refused_before_training():
     img, lab = _pair()
     _fails(r"class_colors holds '#zzzzzz': give colours as #rrggbb", img, lab,
            class_names=["a", "b"], class_colors=["#ff0000", "#zzzzzz"])
+
+
+def test_an_unwritable_model_folder_is_refused_before_training(tmp_path, monkeypatch):
+    """Issue 15: a read-only output folder failed only after training."""
+    import os
+
+    from napari_semseg.core import train as train_module
+
+    img, lab = _pair()
+    _fails("does not exist", img, lab, checkpoint=str(tmp_path / "none" / "m.safetensors"))
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    # as root every folder is writable: ask the check as an ordinary user would be answered
+    real = os.access
+    monkeypatch.setattr(train_module.os, "access",
+                        lambda p, mode: False if str(p) == str(folder) else real(p, mode))
+    _fails("its folder is not writable", img, lab, checkpoint=str(folder / "m.safetensors"))
+
+
+def test_a_patch_far_larger_than_the_images_is_refused_before_training():
+    img, lab = _pair()
+    _fails("patch_size 100000 is far larger than the largest training image \\(64 px\\); use "
+           "--patch-size 64 or less", img, lab, patch_size=100000)

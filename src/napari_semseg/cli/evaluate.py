@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from napari_semseg.core.settings import PredictSettings
 
@@ -25,9 +26,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, default=None,
                    help="number of classes K (default: the model's, else the largest label)")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --json file")
     add_settings_arguments(p, PredictSettings,
                            skip=("probabilities", "uncertainty", "overwrite", "resume"))
     p.set_defaults(run=run)
+
+
+def _check_json_target(path: Path, overwrite: bool) -> None:
+    """Before any scoring: the report's folder exists and is writable, and an existing report
+    is replaced only with --overwrite."""
+    import os
+
+    from napari_semseg.core.errors import SemSegError
+
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SemSegError(f"the folder of --json {path} does not exist; create it or choose "
+                          "another file")
+    if not os.access(folder, os.W_OK):
+        raise SemSegError(f"cannot write --json {path}: its folder is not writable")
+    if path.exists() and not overwrite:
+        raise SemSegError(f"--json {path} exists; pass --overwrite to replace it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from napari_semseg.core.evaluate import evaluate
 
     settings = settings_from_args(PredictSettings, args).validated()
+    if args.json:
+        _check_json_target(Path(args.json), args.overwrite)
     names = [t.strip() for t in args.class_names.split(",")] if args.class_names else None
     options = {k: v for k, v in asdict(settings).items()
                if k not in ("probabilities", "uncertainty", "overwrite", "resume")}

@@ -163,6 +163,7 @@ def _open_tiff(path: Path) -> tuple[Any, list[tuple] | None]:
             if not tf.pages:
                 raise SemSegError(f"cannot read {path}: not a valid TIFF (it holds no image)")
             geo = _geo_tags_of(tf.pages.first)
+            _check_tiff_length(path, tf.pages.first)
         store = tifffile.imread(path, aszarr=True, level=0)
         arr: Any = zarr.open(store, mode="r")
     except SemSegError:
@@ -172,6 +173,18 @@ def _open_tiff(path: Path) -> tuple[Any, list[tuple] | None]:
     if hasattr(arr, "shape") is False or isinstance(arr, zarr.Group):
         return arr["0"], geo or None
     return arr, geo or None
+
+
+def _check_tiff_length(path: Path, page: Any) -> None:
+    """Refuse a TIFF whose image data would end past the end of the file (a truncated copy or
+    a header claiming more than is there), before any work."""
+    offsets = getattr(page, "dataoffsets", None) or ()
+    counts = getattr(page, "databytecounts", None) or ()
+    end = max((int(o) + int(c) for o, c in zip(offsets, counts, strict=False) if c), default=0)
+    size = path.stat().st_size
+    if end > size:
+        raise SemSegError(f"cannot read {path}: the file is truncated (its image data should "
+                          f"end at byte {end:,} but the file has {size:,} bytes); copy it again")
 
 
 def _open_zarr(path: Path) -> Any:
@@ -185,7 +198,12 @@ def _open_zarr(path: Path) -> Any:
         attrs: dict[str, Any] = dict(node.attrs)
         ms: Any = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
         if ms:
-            return node[ms[0]["datasets"][0]["path"]]
+            try:
+                return node[ms[0]["datasets"][0]["path"]]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise SemSegError(f"cannot read {path}: its OME multiscales metadata names an "
+                                  f"array that is not there ({exc}); open the array you mean "
+                                  "(path/to/store.zarr/ARRAY)") from exc
         arrays = list(node.array_keys())
         if len(arrays) == 1:
             return node[arrays[0]]
@@ -204,11 +222,22 @@ def _open_plain(path: Path) -> np.ndarray:
         raise SemSegError(f"cannot read {path}: not a valid image ({exc})") from exc
 
 
+def check_regular(path: Path, what: str) -> None:
+    """Refuse a FIFO, socket or device given as a file (reading one would hang or never end)."""
+    import stat
+
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise SemSegError(f"{what} {path} is not a regular file (a pipe, socket or device); "
+                          "save it to a file first")
+
+
 def open_array(path: str | os.PathLike) -> tuple[Any, list[tuple] | None]:
     """Open an image file lazily; return ``(array, geotiff_tags_or_None)``."""
     path = Path(path)
     if not path.exists():
         raise SemSegError(f"input {path} does not exist")
+    check_regular(path, "input")
     name = path.name.lower()
     if path.is_dir() or name.endswith(".zarr") or (path / ".zgroup").exists():
         return _open_zarr(path), None

@@ -21,6 +21,7 @@ from torch import nn
 from ._triton_guard import preload_triton
 from .constants import METADATA_KEY, PALETTE
 from .errors import SemSegError
+from .io import check_regular
 from .model_schema import metadata_problem
 from .first_answer.net import FeatureHeadNet, feature_head_stride
 from .normalize import Normalization
@@ -341,6 +342,7 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
         raise SemSegError(f"model file {path} does not exist")
     if path.is_dir():
         raise SemSegError(f"model path {path} is a folder; give the .safetensors file")
+    check_regular(path, "model file")
     header = _read_header(path)
     text = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if text is None:

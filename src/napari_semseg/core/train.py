@@ -153,9 +153,11 @@ def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = N
     base, resume = _starting_point(settings, checkpoint, model)
     if base is None:
         check_start_setting(settings)  # a bad start is one line before any data is read
+    _check_output_folder(checkpoint)
     block = max(32, settings.patch_size // 2)
     data = prepare_data(images, annotations, channel_axis=channel_axis, block=block, model=base,
                         class_names=class_names, class_colors=class_colors, seed=settings.seed)
+    _check_patch_size(settings.patch_size, data)
     torch.manual_seed(settings.seed)
     task = _task_class(settings).create(data, settings, device, base)
     if shape_prior is not None:
@@ -168,6 +170,28 @@ def iter_train(images: Any, annotations: Any, settings: TrainSettings | None = N
     trainer = Trainer(task, budget, callbacks, should_stop=should_stop, resume=resume,
                       monitor="mean_iou")
     return trainer.run()
+
+
+def _check_output_folder(checkpoint: Path | None) -> None:
+    """The model file's folder must exist and be writable before training starts (not after)."""
+    if checkpoint is None:
+        return
+    folder = checkpoint.parent if str(checkpoint.parent) else Path(".")
+    if not folder.is_dir():
+        raise SemSegError(f"the folder of {checkpoint} does not exist; create it or choose "
+                          "another output")
+    if not os.access(folder, os.W_OK):
+        raise SemSegError(f"cannot write {checkpoint}: its folder is not writable; choose "
+                          "another output")
+
+
+def _check_patch_size(patch_size: int, data: Any) -> None:
+    """Refuse patches far larger than every image (they hold padding, and memory runs out)."""
+    largest = max(max(s.plane_shape) for s in data.images)
+    fits = -(-largest // 32) * 32
+    if patch_size > max(2 * fits, 256):
+        raise SemSegError(f"patch_size {patch_size} is far larger than the largest training "
+                          f"image ({largest} px); use --patch-size {fits} or less")
 
 
 # keyword options of train() that go to iter_train() rather than into the TrainSettings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -133,6 +134,64 @@ def partial_path(path: Path) -> Path:
     if output_kind(path) == "tiff":  # chunks go to a temporary zarr, streamed to TIFF at the end
         return path.with_name(path.name + ".zarr.partial")
     return path.with_name(path.name + ".partial")
+
+
+class OutputLock:
+    """``<output>.lock``: one run at a time writes an output.
+
+    Created exclusively (``O_EXCL``) with the writer's process id and host; a second run on the
+    same output is refused with one line while that process lives. A lock left by a process
+    that died (``kill -9``) is taken over.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.path = target.with_name(target.name + ".lock")
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _process_alive(owner):
+                    raise SemSegError(
+                        f"{self.path.name[:-5]} is being written by another run (process "
+                        f"{owner.get('pid')} on {owner.get('host')}); wait for it to end or "
+                        f"choose another output (if no run is writing it, delete {self.path})"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # left by a run that died
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, fh)
+            self.held = True
+            return
+        raise SemSegError(f"cannot lock {self.path}: another run keeps taking it")
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) else None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _process_alive(owner: dict[str, Any]) -> bool:
+    """Whether the lock's owner still runs (a process on another host is assumed to)."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def fingerprint_text(info: dict[str, Any]) -> str:
@@ -324,11 +383,17 @@ class ZarrSink:
         self.layout, self.info, self.overwrite, self.pyramid = layout, info, overwrite, pyramid
         self.placement = placement or Placement()
         fingerprint = fingerprint_text(info)
+        self.lock = OutputLock(self.path)
         if attach:  # a cluster worker writing its chunks into the store the client created
             self.root = self._attach()
         else:
-            root = self._reopen(resume, fingerprint)
-            self.root = self._create(fingerprint) if root is None else root
+            self.lock.acquire()
+            try:
+                root = self._reopen(resume, fingerprint)
+                self.root = self._create(fingerprint) if root is None else root
+            except BaseException:
+                self.lock.release()
+                raise
         self._open_arrays()
 
     def _attach(self) -> Any:
@@ -465,6 +530,12 @@ class ZarrSink:
         return level + 1
 
     def finish(self) -> SegmentationResult:
+        try:
+            return self._finish()
+        finally:
+            self.lock.release()
+
+    def _finish(self) -> SegmentationResult:
         import zarr
 
         n_levels = self._build_pyramid()
@@ -486,6 +557,12 @@ class ZarrSink:
 
     def abort(self) -> None:
         """Leave the partial store (resumable); the final name never appears."""
+        self.lock.release()
+
+    def discard(self) -> None:
+        """Remove everything this run wrote (after a full disk: nothing incomplete stays)."""
+        _remove(self.partial)
+        self.lock.release()
 
 
 def _downsample_into(src: Any, dst: Any, lay: OutputLayout, step: int) -> None:
@@ -541,10 +618,14 @@ def write_tiled_tiff(target: Path, arr: Any, axes: str, *, geo_tags: list | None
 
     target = Path(target)
     tmp = target.with_name(target.name + ".partial")
-    tifffile.imwrite(tmp, _tiles_of(arr, tile), shape=tuple(arr.shape), dtype=np.dtype(arr.dtype),
-                     tile=(tile, tile), bigtiff=True, compression="zlib",
-                     extratags=tiff_extratags(geo_tags), photometric="minisblack",
-                     metadata={"axes": axes, **(description or {})})
+    try:
+        tifffile.imwrite(tmp, _tiles_of(arr, tile), shape=tuple(arr.shape),
+                         dtype=np.dtype(arr.dtype), tile=(tile, tile), bigtiff=True,
+                         compression="zlib", extratags=tiff_extratags(geo_tags),
+                         photometric="minisblack", metadata={"axes": axes, **(description or {})})
+    except BaseException:  # a full disk, a cancel: no half-written file stays
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, target)
     return target
 
@@ -573,15 +654,23 @@ class TiffSink(ZarrSink):
         write_tiled_tiff(target, arr, axes, geo_tags=self.geo_tags, tile=self.TIFF_TILE,
                          description=description)
 
-    def finish(self) -> SegmentationResult:
+    def _finish(self) -> SegmentationResult:
         planes = tiff_axes(len(self.layout.plane_dims))
         extra = companion_paths(self.tiff_path)
-        # companions first, the labels file last: it appears only when everything is written
-        if self.probabilities is not None:
-            self._write_tiff(self.probabilities, extra["probabilities"], planes + "CYX")
-        if self.uncertainty is not None:
-            self._write_tiff(self.uncertainty, extra["uncertainty"], planes + "YX")
-        self._write_tiff(self.labels, self.tiff_path, planes + "YX", describe=True)
+        # companions first, the labels file last: it appears only when everything is written;
+        # a failure (a full disk) removes the companions already written
+        written: list[Path] = []
+        try:
+            for kind, arr, axes in (("probabilities", self.probabilities, planes + "CYX"),
+                                    ("uncertainty", self.uncertainty, planes + "YX")):
+                if arr is not None:
+                    self._write_tiff(arr, extra[kind], axes)
+                    written.append(extra[kind])
+            self._write_tiff(self.labels, self.tiff_path, planes + "YX", describe=True)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         shutil.rmtree(self.partial, ignore_errors=True)
         return SegmentationResult(
             _lazy_tiff(self.tiff_path),

@@ -3,11 +3,12 @@ them to the sink in a background thread."""
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Generator
 
 from ..device import free_memory
-from ..errors import Cancelled
+from ..errors import Cancelled, SemSegError
 from ..memory import reuse_freed_memory
 from ..progress import PredictProgress
 from ..writers import SegmentationResult, Sink
@@ -74,6 +75,9 @@ def _compute(job: SegmentJob, sink: Sink, writer: BackgroundWriter,
                     raise Cancelled("segmentation cancelled")
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def run_local(job: SegmentJob, *, should_stop: Callable[[], bool] | None = None,
               ) -> Generator[PredictProgress, None, SegmentationResult]:
     """Run a prepared job in this process (see :func:`~napari_semseg.core.predict.iter_segment`).
@@ -91,6 +95,16 @@ def run_local(job: SegmentJob, *, should_stop: Callable[[], bool] | None = None,
         result = sink.finish()
         completed = True
         return result
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        writer.close()
+        discard = getattr(sink, "discard", None)
+        if discard is not None:
+            discard()
+        raise SemSegError(f"the disk is full: cannot write {job.output or 'the result'} "
+                          f"({exc.strerror}); free some space or choose an output on another "
+                          "disk; nothing incomplete was left") from exc
     finally:
         writer.close()  # chunks already computed are written: a resume keeps them
         if not completed:
