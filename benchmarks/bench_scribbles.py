@@ -15,6 +15,8 @@ ground truth of (at most ``--test-limit``) held-out images:
   random initialisation), ``--budget`` seconds, the CNN alone (``first_answer=False``);
 - ``imagenet``: the same budget, Unet-MobileNetV2 (depth 4) from the bundled ImageNet start;
 - ``generalist``: the same from the bundled generalist start (when it is installed);
+- ``default``: ``train(..., time_budget=budget)`` with the library defaults (what a user
+  gets): the first answer, then the CNN; the model that validates better is returned;
 - ``answer10``: ``train(..., time_budget=10)`` with the library defaults: the first answer
   (feature head), then the CNN, whichever validates better is returned.
 
@@ -107,6 +109,7 @@ CNN_METHODS = {
     "generalist": {"encoder": "mobilenet_v2", "encoder_weights": "mobilenet_v2-generalist",
                    "first_answer": False},
     "answer10": {},
+    "default": {},  # what train(..., time_budget=budget) gives: first answer, then the CNN
 }
 METHODS = ("rf", *CNN_METHODS)
 
@@ -221,7 +224,8 @@ def run_rf(train, labels, test, seed=0):
 LABELS = {"rf": "random forest (multiscale filters)", "random": "Unet-resnet18, random init "
           "(old default)", "imagenet": "Unet-MobileNetV2, ImageNet start",
           "generalist": "Unet-MobileNetV2, generalist start", "answer10": "10-second answer "
-          "(library defaults, time_budget=10)"}
+          "(library defaults, time_budget=10)", "default": "library defaults, full budget "
+          "(first answer, then the CNN; the better-validating is returned)"}
 
 
 def _fmt(v) -> str:
