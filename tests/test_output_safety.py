@@ -179,8 +179,10 @@ def test_a_full_disk_while_writing_chunks_ends_with_one_line_and_leaves_nothing(
 
     monkeypatch.setattr(ZarrSink, "write", write)
     code = main(["predict", str(path), "-m", str(model_file), "-o", str(out), *OPTS])
-    err = _one_line_error(capsys)
-    assert code == 2 and "the disk is full" in err and "nothing incomplete was left" in err
+    errors = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines()
+              if "error:" in ln]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in errors[0]
+    assert "the disk is full" in errors[0] and "nothing incomplete was left" in errors[0]
     assert not out.exists() and not partial_path(out).exists()
     assert not list(tmp_path.glob("seg*"))
 
