@@ -85,3 +85,23 @@ def test_geotiff_tags_are_read(tmp_path):
     tifffile.imwrite(tmp_path / "geo.tif", np.zeros((64, 64), np.uint8), extratags=tags)
     src = open_image(tmp_path / "geo.tif")
     assert {t[0] for t in src.geo_tags} == {33550, 33922}
+
+
+def test_an_uncompressed_strip_tiff_is_memory_mapped_not_decoded_whole(tmp_path):
+    """tifffile's default layout (uncompressed, contiguous strips, often one strip for the
+    whole image) is read through a memory map: a window reads only its own bytes."""
+    import tifffile
+
+    from napari_semseg.core.io import open_image
+
+    image = np.random.default_rng(0).integers(0, 255, (1500, 1300), np.uint8)
+    path = tmp_path / "strip.tif"
+    tifffile.imwrite(path, image)  # default: uncompressed strips
+    assert not tifffile.TiffFile(path).pages.first.is_tiled
+    source = open_image(path)
+    assert isinstance(source.data, np.memmap)
+    np.testing.assert_array_equal(source.read(0, slice(700, 764), slice(10, 90))[0],
+                                  image[700:764, 10:90])
+    tiled = tmp_path / "tiled.tif"
+    tifffile.imwrite(tiled, image, tile=(256, 256), compression="zlib")
+    assert not isinstance(open_image(tiled).data, np.memmap)  # tiles are read tile by tile

@@ -164,6 +164,9 @@ def _open_tiff(path: Path) -> tuple[Any, list[tuple] | None]:
                 raise SemSegError(f"cannot read {path}: not a valid TIFF (it holds no image)")
             geo = _geo_tags_of(tf.pages.first)
             _check_tiff_length(path, tf.pages.first)
+            mapped = _memory_map(path, tf)
+        if mapped is not None:
+            return mapped, geo or None
         store = tifffile.imread(path, aszarr=True, level=0)
         arr: Any = zarr.open(store, mode="r")
     except SemSegError:
@@ -173,6 +176,22 @@ def _open_tiff(path: Path) -> tuple[Any, list[tuple] | None]:
     if hasattr(arr, "shape") is False or isinstance(arr, zarr.Group):
         return arr["0"], geo or None
     return arr, geo or None
+
+
+def _memory_map(path: Path, tf: Any) -> np.ndarray | None:
+    """An uncompressed, contiguous, untiled TIFF (tifffile's default layout, often one strip
+    for the whole image) as a read-only memory map: a window reads only its own bytes, where
+    the strip-as-chunk view would decode the whole strip for every tile. None otherwise."""
+    import tifffile
+
+    page = tf.pages.first
+    if page.is_tiled or page.compression != 1 or not page.is_contiguous:
+        return None
+    try:
+        mapped = tifffile.memmap(path, mode="r")
+    except (ValueError, OSError):  # not memory-mappable after all: read it by strips
+        return None
+    return mapped if mapped.shape == tf.series[0].shape else None
 
 
 def _check_tiff_length(path: Path, page: Any) -> None:
