@@ -267,3 +267,28 @@ def test_evaluate_json_into_a_missing_folder_or_over_a_file_is_refused_before_sc
     assert main(["evaluate", str(truth), "--truth", str(truth), "--json", str(report),
                  "--overwrite"]) == 0
     assert "mean_iou" in report.read_text()
+
+
+def test_a_model_from_a_pretrained_start_warns_only_for_unlike_inputs():
+    """The start's ImageNet statistics are folded into the percentile normalization: the
+    expected range follows them (a uint8 image like the training data gives no warning)."""
+    import warnings
+
+    import torch
+
+    from napari_semseg import build_model
+    from napari_semseg.core.errors import SemSegWarning
+    from napari_semseg.core.normalize import Normalization
+    from napari_semseg.core.pretrained import start_normalization
+
+    torch.manual_seed(0)
+    model = build_model("unet", "mobilenet_v2", in_channels=1, classes=2, encoder_depth=3,
+                        decoder_channels=(16, 8, 8), encoder_weights="mobilenet_v2-imagenet")
+    model.metadata.normalization = start_normalization(
+        Normalization("percentile", [20.0], [1 / 200.0]), model.metadata.start)
+    like = np.random.default_rng(0).integers(20, 220, (128, 128)).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SemSegWarning)
+        segment(like, model, tile=128, overlap=32)
+    with pytest.warns(SemSegWarning, match="looks unlike"):
+        segment(like.astype(np.uint16) * 256, model, tile=128, overlap=32)

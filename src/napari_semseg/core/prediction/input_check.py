@@ -11,6 +11,8 @@ expected range or spread far beyond it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..io import ImageSource
@@ -37,21 +39,39 @@ def _sample(source: ImageSource) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
-def input_warnings(source: ImageSource, norm: Normalization, what: str = "the image"
-                   ) -> list[str]:
-    """One line per problem (empty when the input looks like the training data)."""
-    expected = EXPECTED.get(norm.mode)
-    if expected is None or not norm.offset:
+def _expected_ranges(norm: Normalization, n: int, start: dict[str, Any] | None
+                     ) -> list[tuple[float, float]]:
+    """The normalized range of the training data, per channel: a percentile normalization
+    maps it to about 0-1, then a pretrained start's ``(x - mean) / std`` is folded in."""
+    lo, hi = EXPECTED[norm.mode]
+    if norm.mode != "percentile" or start is None:
+        return [(lo, hi)] * n
+    from ..pretrained import channel_statistics
+
+    mean, std = channel_statistics(start, n)
+    return [((lo - m) / d, (hi - m) / d) for m, d in zip(mean, std, strict=True)]
+
+
+def input_warnings(source: ImageSource, norm: Normalization, what: str = "the image",
+                   start: dict[str, Any] | None = None) -> list[str]:
+    """One line per problem (empty when the input looks like the training data).
+
+    ``start`` is the model's pretrained start (``metadata.start``), whose input statistics
+    are folded into a percentile normalization.
+    """
+    if norm.mode not in EXPECTED or not norm.offset:
         return []
     values = _sample(source)
     offset, scale = norm.arrays(values.shape[0])
-    lo_e, hi_e = expected
-    span = hi_e - lo_e
+    ranges = _expected_ranges(norm, values.shape[0], start)
     out = []
     for c in range(values.shape[0]):
+        lo_e, hi_e = ranges[c]
+        span = hi_e - lo_e
         raw_lo, raw_hi = np.percentile(values[c], [1, 99])
         lo, hi = ((np.array([raw_lo, raw_hi]) - offset[c, 0, 0]) * scale[c, 0, 0]).tolist()
-        if hi - lo > TOO_WIDE * span or max(abs(lo), abs(hi)) > TOO_WIDE * span:
+        middle = (lo_e + hi_e) / 2
+        if hi - lo > TOO_WIDE * span or max(abs(lo - middle), abs(hi - middle)) > TOO_WIDE * span:
             problem = "far beyond"
         elif hi - lo < TOO_FLAT * span and raw_hi > raw_lo:
             problem = "in a sliver of"

@@ -213,7 +213,7 @@ def prepare(image: Any, model: SemSegModel | str | os.PathLike,
     else:
         norm = meta.normalization
         with _reading(source):
-            notes = input_warnings(source, norm, str(source.path or "the image"))
+            notes = input_warnings(source, norm, str(source.path or "the image"), meta.start)
     for note in notes:
         warnings.warn(note, SemSegWarning, stacklevel=2)
     layout = OutputLayout(source.plane_dims, source.plane_shape, plan.chunk, meta.classes,
