@@ -76,6 +76,20 @@ def test_zarr_sink_writes_under_partial_then_renames(tmp_path):
     assert len(attrs["multiscales"][0]["datasets"]) == 3  # 200 -> 100 -> 50 for chunk 64
 
 
+def killed(sink) -> None:
+    """What ``kill -9`` leaves of a run: its lock file, naming a process that is gone."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    sink.lock.path.write_text(json.dumps({"pid": int(gone.stdout),
+                                          "host": socket.gethostname()}))
+    sink.lock.held = False
+
+
 def test_zarr_sink_resume_keeps_done_chunks_and_checks_the_fingerprint(tmp_path):
     out = tmp_path / "x.zarr"
     lay = layout()
@@ -83,9 +97,11 @@ def test_zarr_sink_resume_keeps_done_chunks_and_checks_the_fingerprint(tmp_path)
     sink = ZarrSink(out, lay, info())
     for ch in parts[:4]:
         sink.write(ch)
+    killed(sink)
     again = ZarrSink(out, lay, info(), resume=True)
     assert len(again.done_chunks()) == 4
     np.testing.assert_array_equal(again.labels[parts[0].region], parts[0].labels)
+    killed(again)
     with pytest.raises(SemSegError, match="cannot resume"):
         ZarrSink(out, lay, info("other"), resume=True)
     fresh = ZarrSink(out, lay, info("other"))  # without resume: start over
@@ -112,6 +128,7 @@ def test_finish_is_idempotent_after_a_kill_between_steps(tmp_path):
     for ch in chunks_of(lay):
         sink.write(ch)
     sink._build_pyramid()  # the kill happened here
+    killed(sink)
     again = ZarrSink(out, lay, info(), resume=True)
     assert len(again.done_chunks()) == 12
     res = again.finish()

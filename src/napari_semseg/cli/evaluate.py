@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_semseg.core.settings import PredictSettings
+from napari_semseg.core.settings import PredictSettings, option_fields
 
 from .options import add_settings_arguments, settings_from_args
 
@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, default=None,
                    help="number of classes K (default: the model's, else the largest label)")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --json file")
+    p.add_argument("--overwrite", action="store_true",  # the report is evaluate's output
+                   help=option_fields(PredictSettings)["overwrite"].help)
     add_settings_arguments(p, PredictSettings,
                            skip=("probabilities", "uncertainty", "overwrite", "resume"))
     p.set_defaults(run=run)
