@@ -11,6 +11,7 @@ expected range or spread far beyond it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,15 +28,21 @@ TOO_WIDE = 4.0  # spread more than this many expected spans
 TOO_FLAT = 0.02  # or less than this fraction of one
 
 
+def sample_windows(source: ImageSource, plane: int, edge: int,
+                   at: tuple[float, ...]) -> Iterator[np.ndarray]:
+    """The ``(C, h, w)`` windows of ``edge`` pixels at the fractions ``at`` of the plane's
+    height and width (a grid of ``len(at)**2``), read one by one."""
+    h, w = source.plane_shape
+    for fy in at:
+        for fx in at:
+            y, x = int(max(0, h - edge) * fy), int(max(0, w - edge) * fx)
+            yield source.read(plane, slice(y, y + edge), slice(x, x + edge))
+
+
 def _sample(source: ImageSource) -> np.ndarray:
     """Up to 9 windows of the first plane as ``(C, N)`` float64 values."""
-    h, w = source.plane_shape
-    blocks = []
-    for fy in AT:
-        for fx in AT:
-            y, x = int(max(0, h - WINDOW) * fy), int(max(0, w - WINDOW) * fx)
-            block = source.read(0, slice(y, y + WINDOW), slice(x, x + WINDOW))
-            blocks.append(np.asarray(block, np.float64).reshape(block.shape[0], -1))
+    blocks = [np.asarray(b, np.float64).reshape(b.shape[0], -1)
+              for b in sample_windows(source, 0, WINDOW, AT)]
     return np.concatenate(blocks, axis=1)
 
 

@@ -24,7 +24,7 @@ from ..settings import PredictSettings
 from ..tiling import TileGrid
 from ..writers import (OutputLayout, SegmentationResult, Sink, check_output, fingerprint_text,
                        is_complete, make_sink, recorded_fingerprint)
-from .input_check import input_warnings
+from .input_check import input_warnings, sample_windows
 from .plan import TilePlan, plan_tiles
 
 # per model: (the key of the weights and metadata hashed, their digest)
@@ -137,15 +137,9 @@ def content_digest(source: ImageSource) -> str:
     if path is not None and path.is_file():
         stat = path.stat()
         digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    h, w = source.plane_shape
     for plane in sorted({0, source.n_planes - 1}):
-        for fy in SAMPLE_AT:
-            for fx in SAMPLE_AT:
-                y = int(max(0, h - SAMPLE_EDGE) * fy)
-                x = int(max(0, w - SAMPLE_EDGE) * fx)
-                with _reading(source):
-                    window = source.read(plane, slice(y, y + SAMPLE_EDGE),
-                                         slice(x, x + SAMPLE_EDGE))
+        with _reading(source):
+            for window in sample_windows(source, plane, SAMPLE_EDGE, SAMPLE_AT):
                 digest.update(np.ascontiguousarray(window).tobytes())
     return digest.hexdigest()[:20]
 
