@@ -168,6 +168,7 @@ def run_cnn(train, labels, test, names, budget, overrides, device):
         "validation_mean_iou": (tr.get("best_metrics") or {}).get("mean_iou"),
         "model": f"{model.metadata.arch}/{model.metadata.encoder} {model.metadata.arch_kwargs}",
         "start": start.get("name"), "returned": tr.get("returned", model.metadata.arch),
+        "first_answer": tr.get("first_answer"),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
 
@@ -242,6 +243,23 @@ def _loads(v: dict) -> str:
     return "/".join(f"{x:.1f}" for x in loads if x is not None) or "-"
 
 
+def _returned(methods: dict) -> list[str]:
+    """What the library-default runs returned, with the validation scores that decided it."""
+    out = []
+    for meth in ("answer10", "default"):
+        for r in methods.get(meth, {}).get("per_seed", []):
+            fa = r.get("first_answer") or {}
+            cands = ", ".join(f"{k} {v['mean_iou']:.3f}" for k, v in
+                              (fa.get("candidates") or {}).items() if v.get("mean_iou") is not None)
+            quick = fa.get("mean_iou")
+            out.append(f"- {meth}, seed {r['seed']}: returned the {r.get('returned')} "
+                       f"({r.get('model', '').split(' ')[0]}); validation: quick first answer "
+                       f"{'-' if quick is None else f'{quick:.3f}'}"
+                       + (f", stronger feature heads {cands}" if cands else "")
+                       + f", best {r.get('validation_mean_iou') or 0:.3f}")
+    return ["", *out] if out else []
+
+
 def markdown(results: dict) -> str:
     lines = ["# Scribble benchmark", "",
              f"{results['machine']}; CNN budget {results['budget_s']} s on {results['device']}; "
@@ -253,7 +271,8 @@ def markdown(results: dict) -> str:
              "each seed's run. A wall-clock budget buys fewer steps on a loaded machine, so "
              "compare methods within one data set (they ran back to back)."
              + (f" The data sets ran as {results['parallel_runs']} processes in parallel."
-                if results.get("parallel_runs", 1) > 1 else ""), ""]
+                if results.get("parallel_runs", 1) > 1 else "")
+             + (f" {results['note']}" if results.get("note") else ""), ""]
     for _name, r in results["datasets"].items():
         m = r["methods"]
         rf = m.get("rf", {}).get("mean_iou")
@@ -268,6 +287,7 @@ def markdown(results: dict) -> str:
                          f"| {_fmt(v.get('steps'))} | {_fmt(v.get('patches_per_s'))} | "
                          f"{_fmt(v.get('train_s'))} | {_fmt(v.get('first_preview_s'))} | "
                          f"{_loads(v)} |")
+        lines += _returned(m)
         lines += ["", "Per-class IoU: " + "; ".join(
             f"{meth}: " + ", ".join(f"{k} {x:.3f}" for k, x in v["iou"].items())
             for meth, v in m.items()), ""]

@@ -189,3 +189,48 @@ def test_first_answer_is_on_by_default_only_for_time_bounded_runs():
     assert not first_answer_wanted(TrainSettings())
     assert not first_answer_wanted(TrainSettings(time_budget=10.0, first_answer=False))
     assert first_answer_wanted(TrainSettings(epochs=3, first_answer=True))
+
+
+def test_stronger_feature_heads_are_fitted_between_cnn_steps_and_recorded():
+    img, _, scribbles = blobs(size=192)
+    job = iter_train(img, scribbles, first_answer=True, **dict(FAST, epochs=4))
+    events = []
+    while True:
+        try:
+            events.append(next(job))
+        except StopIteration as stop:
+            model = stop.value
+            break
+    deep = model.metadata.training["first_answer"]["candidates"]["deep"]
+    assert deep["fit_s"] > 0  # fitted on its own stopwatch, one window per CNN step
+    assert deep["mean_iou"] is None or 0 <= deep["mean_iou"] <= 1
+    labels = np.asarray(segment(img, model).labels)
+    assert labels.shape == img.shape
+
+
+def test_candidate_plan_follows_the_budget():
+    from napari_semseg.core.training.callbacks.first_answer import (
+        DEEP_TAPS, candidates, quick_budget)
+
+    assert quick_budget(None) is None
+    assert quick_budget(10.0) == 7.0  # a short run is mostly its first answer
+    assert quick_budget(120.0) == 8.0
+    assert candidates(10.0, quick_complete=False) == {}
+    plan = candidates(120.0, quick_complete=False)
+    assert plan["shallow"] == {"time_budget": 12.0}
+    assert plan["deep"] == {"time_budget": 12.0, "taps": DEEP_TAPS}
+    assert "shallow" not in candidates(120.0, quick_complete=True)  # the same head again
+    assert candidates(None, quick_complete=True) == {"deep": {"time_budget": None,
+                                                              "taps": DEEP_TAPS}}
+
+
+def test_a_candidate_replaces_the_best_only_when_it_validates_better():
+    from napari_semseg.core.training.callbacks.first_answer import FirstAnswer
+    from napari_semseg.core.training.state import Budget, LoopState
+
+    loop = LoopState(Budget(epochs=1, steps_per_epoch=1))
+    FirstAnswer._offer(loop, "quick", {"mean_iou": 0.6}, "")
+    FirstAnswer._offer(loop, "worse", {"mean_iou": 0.5}, "")
+    assert loop.best_model == "quick" and loop.best == 0.6
+    FirstAnswer._offer(loop, "better", {"mean_iou": 0.7}, "")
+    assert loop.best_model == "better" and loop.best_metrics == {"mean_iou": 0.7}

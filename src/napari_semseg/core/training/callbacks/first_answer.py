@@ -6,6 +6,12 @@ painted pixels of the training blocks; the run's opening event carries it as a p
 viewer shows a first segmentation while the CNN starts. It is validated on the same held-out
 blocks as the CNN and competes with it: the run returns whichever validates better
 (``loop.best_model``), so a short ``time_budget`` still returns a usable model.
+
+After the first epoch, stronger candidates are fitted with a larger share of the budget: the
+same head on all sampled pixels when the quick fit ran out of time, and one on deeper taps
+(more context: it wins on buildings and roads, loses on thin membranes). Each is validated
+on the held-out blocks and the best one stays in the competition (see
+``benchmarks/results/scribbles.md`` for what each wins where).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,8 +34,38 @@ from .base import Callback
 
 ENCODER = "mobilenet_v2"
 FALLBACK_START = "mobilenet_v2-imagenet"
-SHARE = 0.25  # at most this share of a time budget goes to the first answer
+SHARE = 0.25  # at most this share of a time budget goes to the quick first answer
 MAX_SECONDS = 8.0  # and at most this many seconds
+SHORT_BUDGET = 30.0  # below this many seconds the CNN gets too few steps to matter, so
+SHORT_SHARE = 0.7  # the first answer takes this share instead, and no candidate is fitted
+DEEP_TAPS = (0, 1, 3, 6, 10, 13)  # MobileNetV2 blocks down to stride 16
+CANDIDATE_SHARE = 0.1  # each stronger candidate gets at most this share of the budget
+MAX_CANDIDATE_SECONDS = 30.0  # and at most this many seconds
+
+
+def quick_budget(time_budget: float | None) -> float | None:
+    """Seconds for the quick first answer of a run with ``time_budget`` (None: no limit)."""
+    if time_budget is None:
+        return None
+    share = SHORT_SHARE if time_budget < SHORT_BUDGET else SHARE
+    return min(MAX_SECONDS, max(1.0, share * time_budget))
+
+
+def candidates(time_budget: float | None, quick_complete: bool) -> dict[str, dict[str, Any]]:
+    """The stronger feature heads to fit after the first epoch: ``{name: fit options}``.
+
+    ``quick_complete`` says whether the quick fit used every sampled pixel (then refitting the
+    same head with more time would give the same head).
+    """
+    if time_budget is not None and time_budget < SHORT_BUDGET:
+        return {}
+    cap = None if time_budget is None else \
+        min(MAX_CANDIDATE_SECONDS, CANDIDATE_SHARE * time_budget)
+    out: dict[str, dict[str, Any]] = {}
+    if not quick_complete:
+        out["shallow"] = {"time_budget": cap}
+    out["deep"] = {"time_budget": cap, "taps": DEEP_TAPS}
+    return out
 
 
 @dataclass
@@ -80,6 +117,25 @@ def encoder_state(start: dict[str, Any] | None) -> dict[str, Any]:
     return {k.removeprefix("encoder."): v.float() for k, v in tensors.items()}
 
 
+class Stopwatch:
+    """A clock that runs only while it is started: a candidate's time budget counts its own
+    work, not the CNN steps it is interleaved with."""
+
+    def __init__(self) -> None:
+        self.total: float = 0.0
+        self.since: float | None = None
+
+    def __call__(self) -> float:
+        return self.total + (time.perf_counter() - self.since if self.since is not None else 0)
+
+    def __enter__(self) -> Stopwatch:
+        self.since = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.total, self.since = self(), None
+
+
 class FirstAnswer(Callback):
     """Fit the first answer at the start of a run; offer it as preview and as best model.
 
@@ -93,7 +149,9 @@ class FirstAnswer(Callback):
     It validates the first answer at the end of the first epoch (place it before
     :class:`~.validation.Validation`, which then compares the CNN with it); the task must be a
     segmentation task (``data``, ``net``, ``val_blocks``, ``val_eval``,
-    ``device``).
+    ``device``). From the first step on, the stronger :func:`candidates` are fitted one
+    feature window per CNN step (so a cancel is seen within a step) and each competes once
+    fitted.
     """
 
     def __init__(self, time_budget: float | None, seed: int = 0) -> None:
@@ -101,16 +159,49 @@ class FirstAnswer(Callback):
         self.model: Any = None
         self.fit_s = 0.0
         self.validated = False
+        self.plan: list[tuple[str, dict[str, Any]]] = []  # candidates still to fit
+        self.job: Any = None  # the candidate being fitted, its name and its stopwatch
+        self.name, self.watch = "", Stopwatch()
 
     def on_start(self, loop: LoopState, task: Any) -> None:
         if loop.step > 0:  # resuming: the CNN is past its first answer
             return
         started = time.perf_counter()
-        self.model = self._fit(task)
+        self.model = self._run(self._job(task, {"time_budget": quick_budget(self.time_budget)}))
         self.fit_s = round(time.perf_counter() - started, 2)
         loop.preview = self.model  # the opening event carries it: shown before any CNN step
-        loop.info["first_answer"] = {"fit_s": self.fit_s, "mean_iou": None}
+        loop.info["first_answer"] = {"fit_s": self.fit_s, "mean_iou": None, "candidates": {}}
         loop.say(f"first answer (feature head) in {self.fit_s:.1f} s")
+        fitted = self.model.metadata.training
+        complete = fitted.get("windows") == fitted.get("windows_total")
+        self.plan = list(candidates(self.time_budget, complete).items())
+
+    def on_step_end(self, loop: LoopState, task: Any) -> None:
+        """Advance the candidate being fitted by one feature window; offer it once fitted.
+
+        A candidate's job is made when its turn comes (making one scans the annotations),
+        never before the opening event, so the first preview is not delayed.
+        """
+        if self.job is None:
+            if not self.plan:
+                return
+            self.name, options = self.plan.pop(0)
+            self.watch = Stopwatch()
+            with self.watch:
+                self.job = self._job(task, options, self.watch)
+            return
+        with self.watch:
+            try:
+                next(self.job)
+                return
+            except StopIteration as stop:
+                model = stop.value
+        self.job = None
+        score = self._validate(model, task)
+        loop.info["first_answer"]["candidates"][self.name] = {
+            "fit_s": round(self.watch(), 2), "mean_iou": score["mean_iou"] if score else None}
+        if score is not None:
+            self._offer(loop, model, score, f", feature head ({self.name}) {score['mean_iou']:.3f}")
 
     def on_epoch_end(self, loop: LoopState, task: Any) -> None:
         """Validate the first answer once, before the CNN's first validation compares with it."""
@@ -120,23 +211,38 @@ class FirstAnswer(Callback):
         score = self._validate(self.model, task)
         if score is None:
             return
-        loop.best, loop.best_metrics, loop.best_model = score["mean_iou"], score, self.model
         loop.info["first_answer"]["mean_iou"] = score["mean_iou"]
-        loop.notes.append(f", first answer {score['mean_iou']:.3f}")
+        self._offer(loop, self.model, score, f", first answer {score['mean_iou']:.3f}")
 
-    def _fit(self, task: Any) -> Any:
+    def on_close(self, loop: LoopState, task: Any) -> None:
+        if self.job is not None:
+            self.job.close()
+        self.job, self.plan = None, []
+
+    @staticmethod
+    def _offer(loop: LoopState, model: Any, score: dict[str, float], note: str) -> None:
+        """Make ``model`` the best so far if it validates better than the best so far."""
+        loop.notes.append(note)
+        if loop.best is None or score["mean_iou"] > loop.best:
+            loop.best, loop.best_metrics, loop.best_model = score["mean_iou"], score, model
+
+    def _job(self, task: Any, options: dict[str, Any],
+             clock: Callable[[], float] = time.perf_counter) -> Any:
+        """The fitting job of a feature head with ``options`` (FeatureHeadSettings fields)."""
         data = task.data
         norm = estimate_training_normalization(data.images, "percentile", seed=self.seed)
-        budget = None if self.time_budget is None else \
-            min(MAX_SECONDS, max(1.0, SHARE * self.time_budget))
-        settings = FeatureHeadSettings(time_budget=budget, seed=self.seed,
-                                       device=str(task.device)).validated()
+        settings = FeatureHeadSettings(seed=self.seed, device=str(task.device),
+                                       **options).validated()
         channels = list(task.net.metadata.channel_names)
-        job = iter_fit_feature_head(data.images, training_labels(task), n_classes=data.n_classes,
-                                    normalization=norm,
-                                    encoder_state=encoder_state(task.net.metadata.start),
-                                    settings=settings, class_names=data.class_names,
-                                    class_colors=data.class_colors, channel_names=channels)
+        return iter_fit_feature_head(data.images, training_labels(task), n_classes=data.n_classes,
+                                     normalization=norm,
+                                     encoder_state=encoder_state(task.net.metadata.start),
+                                     settings=settings, class_names=data.class_names,
+                                     class_colors=data.class_colors, channel_names=channels,
+                                     clock=clock)
+
+    @staticmethod
+    def _run(job: Any) -> Any:
         while True:
             try:
                 next(job)
