@@ -134,7 +134,10 @@ def run_strategy(strategy, start_model, train, start_strokes, test, names, args,
         for (img, truth), st in zip(train, strokes, strict=False):
             for start in choose(strategy, model, img, truth, st, args.strokes, args.box, rng):
                 added += add_stroke(st, truth, start, args.length, radius, rng)
-        model = fit([img for img, _ in train], strokes, names, options, seed, model=model)
+        round_options = dict(options)
+        if args.round_lr is not None:  # warm-start rounds at a lower peak learning rate
+            round_options["learning_rate"] = args.round_lr
+        model = fit([img for img, _ in train], strokes, names, round_options, seed, model=model)
         entry = evaluate(model, test, names)
         entry.update(round=rnd, strokes_added=args.strokes * len(train) * rnd,
                      painted=int(sum((s > 0).sum() for s in strokes)), new_pixels=added)
@@ -204,6 +207,8 @@ def main(argv=None):
     ap.add_argument("--first-steps", type=int, default=60)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--patch-size", type=int, default=128)
+    ap.add_argument("--round-lr", type=float, default=None,
+                    help="peak learning rate of the warm-start rounds (default: the library's)")
     ap.add_argument("--output", default=str(RESULTS / "active"))
     args = ap.parse_args(argv)
     use_data_folder()
@@ -215,7 +220,9 @@ def main(argv=None):
                             f"{args.start_fraction:.1%} scribbled, {args.strokes} strokes of "
                             f"{args.length} steps per image per round, {args.first_steps} + "
                             f"{args.steps} steps per round (mobilenet_v2 U-Net, patch "
-                            f"{args.patch_size}), {args.test_limit} held-out images"),
+                            f"{args.patch_size}), {args.test_limit} held-out images"
+                            + (f", warm-start rounds at peak learning rate {args.round_lr}"
+                               if args.round_lr is not None else "")),
                "sets": {}}
     t0 = time.perf_counter()
     for name in args.datasets.split(","):

@@ -495,7 +495,7 @@ def render(results: dict) -> str:
                       f"{sm.get('mean_abs', float('nan')):.4f}, "
                       f"{100 * sm.get('share_differing', float('nan')):.3f} % of values differ.",
                       "",
-                      f"![{ds}](../../docs/images/{q['figure']}) real, label map, generated, "
+                      f"![{ds}](docs/images/{q['figure']}) real, label map, generated, "
                       "paint by number", ""]
         if "helps" in r:
             h = r["helps"]
@@ -515,7 +515,7 @@ def render(results: dict) -> str:
                       f"cross-correlation): median {m['generated_median_ncc']:.2f}, against "
                       f"{m['real_median_ncc']:.2f} for the real held-out crops at the same "
                       "places (a copy would be near 1). "
-                      f"![nearest](../../docs/images/{m['figure']}) (top: generated, below: "
+                      f"![nearest](docs/images/{m['figure']}) (top: generated, below: "
                       "most similar training window)", ""]
     if "throughput" in results:
         t = results["throughput"]

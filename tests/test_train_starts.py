@@ -193,14 +193,7 @@ def test_first_answer_is_on_by_default_only_for_time_bounded_runs():
 
 def test_stronger_feature_heads_are_fitted_between_cnn_steps_and_recorded():
     img, _, scribbles = blobs(size=192)
-    job = iter_train(img, scribbles, first_answer=True, **dict(FAST, epochs=4))
-    events = []
-    while True:
-        try:
-            events.append(next(job))
-        except StopIteration as stop:
-            model = stop.value
-            break
+    model = train(img, scribbles, first_answer=True, **dict(FAST, epochs=4))
     deep = model.metadata.training["first_answer"]["candidates"]["deep"]
     assert deep["fit_s"] > 0  # fitted on its own stopwatch, one window per CNN step
     assert deep["mean_iou"] is None or 0 <= deep["mean_iou"] <= 1
