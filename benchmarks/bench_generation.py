@@ -465,10 +465,10 @@ def quality_rows(q: dict) -> list[list[Any]]:
     base_kid = q["baseline"]["kid"][0]
     rows = [["real images (held out)", q["real_mean_iou"], 1.0, "-", "-"],
             ["real training crops (KID floor)", "-", "-", fmt_kid(q["kid_real_vs_train"]),
-             f"{q['kid_real_vs_train'][0] / base_kid:.2f}"]]
+             f"{q['kid_real_vs_train'][0] / base_kid:.3f}"]]
     for g in q["generators"]:
         rows.append([f"generator seed {g['seed']} ({g['steps']} steps)", g["mean_iou"],
-                     g["ratio"], fmt_kid(g["kid"]), f"{g['kid'][0] / base_kid:.2f}"])
+                     g["ratio"], fmt_kid(g["kid"]), f"{g['kid'][0] / base_kid:.3f}"])
     rows.append(["paint by number (baseline)", q["baseline"]["mean_iou"], q["baseline"]["ratio"],
                  fmt_kid(q["baseline"]["kid"]), "1.00"])
     return rows
