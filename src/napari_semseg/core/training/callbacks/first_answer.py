@@ -162,6 +162,7 @@ class FirstAnswer(Callback):
         self.plan: list[tuple[str, dict[str, Any]]] = []  # candidates still to fit
         self.job: Any = None  # the candidate being fitted, its name and its stopwatch
         self.name, self.watch = "", Stopwatch()
+        self.inputs: tuple[Any, dict[str, Any]] | None = None  # normalization, encoder weights
 
     def on_start(self, loop: LoopState, task: Any) -> None:
         if loop.step > 0:  # resuming: the CNN is past its first answer
@@ -230,13 +231,17 @@ class FirstAnswer(Callback):
              clock: Callable[[], float] = time.perf_counter) -> Any:
         """The fitting job of a feature head with ``options`` (FeatureHeadSettings fields)."""
         data = task.data
-        norm = estimate_training_normalization(data.images, "percentile", seed=self.seed)
+        if self.inputs is None:  # read once per run: the quick fit and every candidate share it
+            self.inputs = (estimate_training_normalization(data.images, "percentile",
+                                                           seed=self.seed),
+                           encoder_state(task.net.metadata.start))
+        norm, weights = self.inputs
         settings = FeatureHeadSettings(seed=self.seed, device=str(task.device),
                                        **options).validated()
         channels = list(task.net.metadata.channel_names)
         return iter_fit_feature_head(data.images, training_labels(task), n_classes=data.n_classes,
                                      normalization=norm,
-                                     encoder_state=encoder_state(task.net.metadata.start),
+                                     encoder_state=weights,
                                      settings=settings, class_names=data.class_names,
                                      class_colors=data.class_colors, channel_names=channels,
                                      clock=clock)
