@@ -1,6 +1,6 @@
 """Active annotation: where should the next strokes go? A simulated annotator, three strategies.
 
-On ISBI 2012 EM and Dubai aerial (data of ``bench_scribbles.py``), a few training images start
+On ISBI 2012 EM, Dubai aerial and HOT fAIr buildings (data of ``bench_scribbles.py``), a few training images start
 with sparse seeded strokes (``make_scribbles``, ``--start-fraction`` of the pixels). A model is
 trained on them; then, for ``--rounds`` rounds, the annotator adds ``--strokes`` strokes per
 image (each a brush stroke of ``--length`` steps following the ground-truth region of the class
@@ -39,14 +39,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_adversarial import use_data_folder
-from bench_scribbles import DATASETS, load, score
+from bench_scribbles import DATASETS, load, score, test_items
 
 from napari_semseg.core.next_region import next_regions
 from napari_semseg.core.scribbles import _paint, _walk, make_scribbles
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("random", "margin", "oracle")
-RADIUS = {"em": 1, "aerial": 3}
 
 
 def add_stroke(strokes: np.ndarray, truth: np.ndarray, start: tuple[int, int], length: int,
@@ -109,6 +108,15 @@ def evaluate(model, test, names):
 
 
 def fit(images, strokes, names, options, seed, model=None):
+    """Train on the strokes so far: the CNN (warm start from ``model``) or, with
+    ``options["model"] == "head"``, the first answer's feature head refitted on all strokes."""
+    options = dict(options)
+    if options.pop("model", "cnn") == "head":
+        from napari_semseg.core.first_answer.api import fit_feature_head
+        from napari_semseg.core.training.callbacks.first_answer import encoder_state
+
+        return fit_feature_head(images, strokes, encoder_state=encoder_state(None),
+                                class_names=names, seed=seed)
     from napari_semseg import train
 
     return train(images, strokes, model=model, device="cpu", class_names=names, seed=seed,
@@ -149,21 +157,26 @@ def run_strategy(strategy, start_model, train, start_strokes, test, names, args,
 def run_dataset(name, args, seed):
     ds = DATASETS[name]
     train = [load(i) for i in ds["train"][:args.train_images]]
-    test = [load(i) for i in ds["test"][:args.test_limit]]
+    test = [load(i) for i in test_items(ds)[:args.test_limit]]
     names = ds["names"]
     cfg = dict(ds["scribbles"], fraction=args.start_fraction)
     start = [make_scribbles(lab, seed=1000 + i, **cfg) for i, (_, lab) in enumerate(train)]
     options = {"epochs": 1, "steps_per_epoch": args.steps, "patch_size": args.patch_size,
-               "batch_size": 4, "encoder": "mobilenet_v2"}
+               "batch_size": 4, "encoder": "mobilenet_v2", "model": args.model}
     first = {**options, "steps_per_epoch": args.first_steps}
     torch.manual_seed(seed)
     model = fit([img for img, _ in train], start, names, first, seed)
     out = {"start": evaluate(model, test, names),
            "start_painted": int(sum((s > 0).sum() for s in start))}
     print(f"{name} seed {seed} start: {out['start']}", flush=True)
+    dense_steps = args.first_steps + args.rounds * args.steps  # the strokes' total steps
+    dense = fit([img for img, _ in train], [lab for _, lab in train], names,
+                {**options, "steps_per_epoch": dense_steps}, seed)
+    out["dense"] = evaluate(dense, test, names)
+    print(f"{name} seed {seed} dense masks ({dense_steps} steps): {out['dense']}", flush=True)
     for strategy in STRATEGIES:
         out[strategy] = run_strategy(strategy, model, train, start, test, names, args, options,
-                                     seed, RADIUS[name])
+                                     seed, ds["scribbles"]["radius"])
     return out
 
 
@@ -189,8 +202,30 @@ def markdown(results):
             lines.append(f"| {name} | {i + 1} | {runs[0]['random'][i]['strokes_added']} | "
                          + " | ".join(cells) + f" | {auc:.3f} |")
     lines += ["", "Mean IoU on held-out images after each round (mean, min-max over seeds); "
-              "AUROC of the margin map of the margin-guided model on its held-out images."]
+              "AUROC of the margin map of the margin-guided model on its held-out images.", ""]
+    lines += strokes_to_dense(results)
     return "\n".join(lines) + "\n"
+
+
+def strokes_to_dense(results):
+    """Per data set: the dense-mask reference and the strokes each strategy needed to reach
+    95 % of it (mean over seeds, first round at or above)."""
+    lines = ["| data set | dense masks, same steps | 95 % of it | random | margin + diversity | "
+             "error oracle |", "|---|---|---|---|---|---|"]
+    for name, runs in results["sets"].items():
+        if not all("dense" in r for r in runs):
+            continue
+        dense = float(np.mean([r["dense"]["mean_iou"] for r in runs]))
+        cells = []
+        for s in STRATEGIES:
+            reached = [runs[0][s][i]["strokes_added"] for i in range(len(runs[0][s]))
+                       if np.mean([r[s][i]["mean_iou"] for r in runs]) >= 0.95 * dense]
+            last = runs[0][s][-1]["strokes_added"]
+            cells.append(f"{reached[0]} strokes" if reached else f"not within {last}")
+        lines.append(f"| {name} | {dense:.3f} | {0.95 * dense:.3f} | " + " | ".join(cells) + " |")
+    return lines + ["", "Strokes added (beyond the seeded start) until the mean IoU over seeds "
+                    "reached 95 % of a model trained on the dense masks of the same training "
+                    "images for as many steps as the strokes' whole run."]
 
 
 def main(argv=None):
@@ -209,7 +244,12 @@ def main(argv=None):
     ap.add_argument("--patch-size", type=int, default=128)
     ap.add_argument("--round-lr", type=float, default=None,
                     help="peak learning rate of the warm-start rounds (default: the library's)")
+    ap.add_argument("--model", choices=("cnn", "head"), default="cnn",
+                    help="cnn: the U-Net, warm-started each round; head: the first answer's "
+                         "feature head, refitted on all strokes each round")
     ap.add_argument("--output", default=str(RESULTS / "active"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other data sets already in --output's JSON")
     args = ap.parse_args(argv)
     use_data_folder()
     torch.set_num_threads(int(os.environ.get("SEMSEG_BENCH_THREADS", "1")))
@@ -222,8 +262,13 @@ def main(argv=None):
                             f"{args.steps} steps per round (mobilenet_v2 U-Net, patch "
                             f"{args.patch_size}), {args.test_limit} held-out images"
                             + (f", warm-start rounds at peak learning rate {args.round_lr}"
-                               if args.round_lr is not None else "")),
+                               if args.round_lr is not None else "")
+                            + (", model: the feature head (first answer), refitted on all "
+                               "strokes each round" if args.model == "head" else "")),
                "sets": {}}
+    previous = Path(args.output).with_suffix(".json")
+    if args.merge and previous.exists():
+        results["sets"] = json.loads(previous.read_text())["sets"]
     t0 = time.perf_counter()
     for name in args.datasets.split(","):
         results["sets"][DATASETS[name]["title"]] = [run_dataset(name, args, s) for s in seeds]

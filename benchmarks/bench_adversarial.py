@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-limit", type=int, default=3)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--output", default=str(RESULTS / "adversarial"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other data sets already in --output's JSON")
     args = ap.parse_args(argv)
     use_data_folder()
     torch.set_num_threads(int(os.environ.get("SEMSEG_BENCH_THREADS", "1")))
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                "steps": args.epochs * args.steps_per_epoch, "options": options,
                "test_images": args.test_limit, "sets": {}}
     kinds = ["scribbles", "dense"] if args.labels == "both" else [args.labels]
+    previous = Path(args.output).with_suffix(".json")
+    if args.merge and previous.exists():
+        results["sets"] = json.loads(previous.read_text())["sets"]
     for name in args.datasets.split(","):
         ds = DATASETS[name]
         train = [load(i) for i in ds["train"]]

@@ -18,6 +18,7 @@ from napari_semseg.core.errors import SemSegError
 from napari_semseg.core.first_answer.api import fit_feature_head, open_inputs
 from napari_semseg.core.first_answer.features import choose_pixels
 from napari_semseg.core.first_answer.fit import FeatureHeadSettings, iter_fit_feature_head
+from napari_semseg.core.first_answer.filters import filter_bank, filter_channels
 from napari_semseg.core.first_answer.net import (
     FeatureHeadNet,
     fold_batch_norms,
@@ -88,10 +89,10 @@ def test_fitted_model_separates_textures_on_unpainted_pixels(fitted):
     assert (own[unpainted] == painted_labels[unpainted]).mean() > 0.85
 
 
-@pytest.mark.parametrize("raw", [True, False])
-def test_head_on_pixel_features_equals_the_forward_pass(raw):
+@pytest.mark.parametrize(("raw", "filters"), [(True, ()), (False, ()), (True, (1.0, 3.0))])
+def test_head_on_pixel_features_equals_the_forward_pass(raw, filters):
     torch.manual_seed(1)
-    net = FeatureHeadNet(2, 3, hidden=8, raw=raw).eval()
+    net = FeatureHeadNet(2, 3, hidden=8, raw=raw, filters=filters).eval()
     net.load_encoder_state(random_encoder_state(1))
     x = torch.randn(1, 2, 96, 160)
     ys, xs = torch.randint(0, 96, (300,)), torch.randint(0, 160, (300,))
@@ -103,8 +104,34 @@ def test_head_on_pixel_features_equals_the_forward_pass(raw):
         feats = net.pixel_features(x, ys, xs)
         expected = torch.relu((feats - mean) / std @ w1.T + b1) @ w2.T + b2
         logits = net(x)[0, :, ys, xs].T
-    assert feats.shape == (300, n) and n == sum(net.feature_channels) + 2 * raw
+    assert feats.shape == (300, n)
+    assert n == sum(net.feature_channels) + 2 * raw + len(filters) * (2 + 4)
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_filter_bank_responses_are_the_classic_filters():
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(80.0), indexing="ij")
+    sigma = 2.0
+    # constant image: smoothing keeps it, every derivative is zero
+    flat = filter_bank(torch.full((1, 1, 64, 80), 3.0), [sigma])[0]
+    assert flat.shape[0] == filter_channels(1, [sigma]) == 5
+    torch.testing.assert_close(flat[0], torch.full((64, 80), 3.0))
+    assert flat[1:].abs().max() < 1e-4
+    # a ramp of slope 0.5 along x: gradient magnitude sigma * 0.5 away from the borders
+    ramp = filter_bank((0.5 * xx)[None, None], [sigma])[0]
+    inner = (slice(10, -10), slice(10, -10))
+    torch.testing.assert_close(ramp[1][inner], torch.full((44, 60), sigma * 0.5))
+    assert ramp[2][inner].abs().max() < 1e-3  # no curvature
+    # a bright vertical line: the Laplacian is negative on it, one Hessian eigenvalue strongly
+    # negative (across the ridge) and the other near zero (along it)
+    line = torch.exp(-0.5 * ((xx - 40) / 1.5) ** 2)[None, None]
+    r = filter_bank(line, [sigma])[0]
+    on = (slice(10, -10), 40)
+    assert (r[2][on] < -0.1).all() and (r[4][on] < -0.1).all()
+    assert r[3][on].abs().max() < 0.02
+    # colour: smoothed channels per channel, derivatives on their mean
+    rgb = filter_bank(torch.rand(1, 3, 64, 80), [1.0, 2.0])
+    assert rgb.shape == (1, filter_channels(3, [1.0, 2.0]), 64, 80) == (1, 14, 64, 80)
 
 
 def test_sampled_cascade_equals_the_upsampled_sum():

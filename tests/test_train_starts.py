@@ -201,6 +201,18 @@ def test_stronger_feature_heads_are_fitted_between_cnn_steps_and_recorded():
     assert labels.shape == img.shape
 
 
+def test_a_best_feature_head_is_refitted_on_all_strokes_and_returned():
+    img, _, scribbles = blobs(size=192)
+    # a CNN that cannot learn (learning rate ~0) leaves a feature head the best model
+    model = train(img, scribbles, first_answer=True, **dict(FAST, epochs=6, learning_rate=1e-9))
+    record = model.metadata.training
+    refit = record["first_answer"]["refit"]
+    assert record["returned"] == "first answer" and model.metadata.arch == "feature-head"
+    assert refit["of"] in ("quick", "deep") and refit["fit_s"] > 0 and refit["swapped_in"]
+    labels = np.asarray(segment(img, model).labels)
+    assert labels.shape == img.shape and set(np.unique(labels)) <= {1, 2}
+
+
 def test_candidate_plan_follows_the_budget():
     from napari_semseg.core.training.callbacks.first_answer import (
         DEEP_TAPS, candidates, quick_budget)

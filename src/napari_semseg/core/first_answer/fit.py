@@ -58,6 +58,8 @@ class FeatureHeadSettings:
                                                "(one tuple for all scales, or one per scale)")
     hidden: int = _opt(DEFAULT_HIDDEN, "hidden units of the MLP head (0: linear head)")
     raw: bool = _opt(True, "also feed the normalized pixel values to the head")
+    filters: tuple[float, ...] = _opt((), "scales (Gaussian sigmas, pixels) of classic filter "
+                                          "responses also fed to the head (empty: none)")
     max_pixels: int = _opt(40_000, "painted pixels sampled (class-balanced)", min=100)
     block: int = _opt(1024, "edge of the windows in which features are computed", min=64)
     context: int = _opt(HALO, "image context read around each window, in pixels", min=0)
@@ -158,7 +160,8 @@ def new_model(in_channels: int, n_classes: int, settings: FeatureHeadSettings,
     model = build_model(ARCH, ENCODER, in_channels, n_classes, class_names=class_names,
                         class_colors=class_colors, channel_names=channel_names,
                         normalization=normalization, halo=HALO, scales=list(settings.scales),
-                        taps=list(settings.taps), hidden=settings.hidden, raw=settings.raw)
+                        taps=list(settings.taps), hidden=settings.hidden, raw=settings.raw,
+                        filters=list(settings.filters))
     assert isinstance(model.net, FeatureHeadNet)  # build_model(ARCH) makes a FeatureHeadNet
     try:
         model.net.load_encoder_state(dict(encoder_state))

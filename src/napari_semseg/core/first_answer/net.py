@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .filters import filter_bank, filter_channels
 from .upsample import cascade_sum, sample_cascade
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,6 +142,9 @@ class FeatureHeadNet(nn.Module):
         Hidden units of the MLP head; 0 makes the head a linear classifier.
     raw
         Also feed the normalized input pixels to the head.
+    filters
+        Scales (Gaussian sigmas) of classic filter responses also fed to the head (see
+        :mod:`.filters`); empty for none.
     """
 
     rgb_mean: torch.Tensor  # buffers, registered in __init__
@@ -148,7 +152,7 @@ class FeatureHeadNet(nn.Module):
 
     def __init__(self, in_channels: int, classes: int, *, scales: Sequence[int] = DEFAULT_SCALES,
                  taps: Sequence[Any] = DEFAULT_TAPS, hidden: int = DEFAULT_HIDDEN,
-                 raw: bool = True) -> None:
+                 raw: bool = True, filters: Sequence[float] = ()) -> None:
         super().__init__()
         per = taps_per_scale(scales, taps)
         unknown = sorted({t for ts in per for t in ts} - set(TAPS))
@@ -158,12 +162,17 @@ class FeatureHeadNet(nn.Module):
         self.in_channels, self.classes = int(in_channels), int(classes)
         self.scales, self.taps = [int(s) for s in scales], per
         self.hidden, self.raw = int(hidden), bool(raw)
+        self.filters = [float(f) for f in filters]
+        if any(not f > 0 for f in self.filters):
+            raise ValueError(f"filter scales must be positive; got {list(filters)}")
         self.encoder = fold_batch_norms(mobilenet_v2_blocks(max(max(ts) for ts in per)))
         self.encoder.requires_grad_(False)
         width = self.hidden or self.classes
         self.project = nn.ModuleList(
             nn.Conv2d(TAPS[t][0], width, 1, bias=False) for ts in per for t in ts)
         self.project_raw = nn.Conv2d(self.in_channels, width, 1, bias=True)
+        self.project_filters = (nn.Conv2d(self.n_filters, width, 1, bias=False)
+                                if self.filters else None)
         if not self.raw:
             self.project_raw.weight.data.zero_()
             self.project_raw.weight.requires_grad_(False)
@@ -186,9 +195,16 @@ class FeatureHeadNet(nn.Module):
         return feature_head_stride(self.scales, self.taps)
 
     @property
+    def n_filters(self) -> int:
+        """Number of classic filter maps fed to the head (0 without ``filters``)."""
+        return filter_channels(self.in_channels, self.filters) if self.filters else 0
+
+    @property
     def n_features(self) -> int:
-        """Length of a per-pixel feature vector (:meth:`pixel_features`)."""
-        return sum(self.feature_channels) + (self.in_channels if self.raw else 0)
+        """Length of a per-pixel feature vector (:meth:`pixel_features`): pretrained maps,
+        filter maps, raw pixels."""
+        return (sum(self.feature_channels) + self.n_filters
+                + (self.in_channels if self.raw else 0))
 
     def _rgb(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 3:
@@ -215,6 +231,8 @@ class FeatureHeadNet(nn.Module):
         at those pixels.
         """
         parts = sample_cascade(self.pyramid(x), x.shape[-2:], ys, xs)
+        if self.filters:
+            parts.append(filter_bank(x, self.filters)[0, :, ys, xs].T)
         if self.raw:
             parts.append(x[0, :, ys, xs].T)
         return torch.cat(parts, 1)
@@ -229,6 +247,8 @@ class FeatureHeadNet(nn.Module):
             by_size[key] = by_size[key] + p if key in by_size else p
         out = cascade_sum([by_size[k] for k in sorted(by_size)], x.shape[-2:])
         out = out + self.project_raw(x.contiguous())
+        if self.project_filters is not None:
+            out = out + self.project_filters(filter_bank(x, self.filters).contiguous())
         if self.hidden:
             out = self.classify(F.relu(out))
         return out
@@ -245,11 +265,13 @@ class FeatureHeadNet(nn.Module):
         w1 = w1 / std
         b1 = b1 - w1 @ mean
         raw = self.in_channels if self.raw else 0
-        splits = torch.split(w1, self.feature_channels + [raw], dim=1)
+        splits = torch.split(w1, self.feature_channels + [self.n_filters, raw], dim=1)
         with torch.no_grad():
-            for conv, part in zip(self.project, splits[:-1], strict=False):
+            for conv, part in zip(self.project, splits[:-2], strict=False):
                 assert isinstance(conv, nn.Conv2d)  # self.project holds 1x1 convolutions
                 conv.weight.copy_(part[:, :, None, None])
+            if self.project_filters is not None:
+                self.project_filters.weight.copy_(splits[-2][:, :, None, None])
             if self.raw:  # without raw pixels the weights stay zero: only the bias acts
                 self.project_raw.weight.copy_(splits[-1][:, :, None, None])
             assert self.project_raw.bias is not None  # made with bias=True

@@ -11,7 +11,10 @@ After the first epoch, stronger candidates are fitted with a larger share of the
 same head on all sampled pixels when the quick fit ran out of time, and one on deeper taps
 (more context: it wins on buildings and roads, loses on thin membranes). Each is validated
 on the held-out blocks and the best one stays in the competition (see
-``benchmarks/results/scribbles.md`` for what each wins where).
+``benchmarks/results/scribbles.md`` for what each wins where). Once every candidate is
+validated, the best head (if a head is best) is refitted with the same settings on *all*
+painted pixels, validation blocks included: the model the run returns when that head still
+validates best at the end (its recorded score is the held-out one of the head it refits).
 """
 
 from __future__ import annotations
@@ -162,13 +165,19 @@ class FirstAnswer(Callback):
         self.plan: list[tuple[str, dict[str, Any]]] = []  # candidates still to fit
         self.job: Any = None  # the candidate being fitted, its name and its stopwatch
         self.name, self.watch = "", Stopwatch()
+        self.plan_options: dict[str, Any] = {}
         self.inputs: tuple[Any, dict[str, Any]] | None = None  # normalization, encoder weights
+        self.heads: dict[str, tuple[Any, dict[str, Any]]] = {}  # name -> (model, fit options)
+        self.refit: tuple[Any, Any] | None = None  # (head refitted, its refit) once fitted
+        self.refitting: Any = None  # the head being refitted on all painted pixels
 
     def on_start(self, loop: LoopState, task: Any) -> None:
         if loop.step > 0:  # resuming: the CNN is past its first answer
             return
         started = time.perf_counter()
-        self.model = self._run(self._job(task, {"time_budget": quick_budget(self.time_budget)}))
+        options = {"time_budget": quick_budget(self.time_budget)}
+        self.model = self._run(self._job(task, options))
+        self.heads["quick"] = (self.model, options)
         self.fit_s = round(time.perf_counter() - started, 2)
         loop.preview = self.model  # the opening event carries it: shown before any CNN step
         loop.info["first_answer"] = {"fit_s": self.fit_s, "mean_iou": None, "candidates": {}}
@@ -184,12 +193,7 @@ class FirstAnswer(Callback):
         never before the opening event, so the first preview is not delayed.
         """
         if self.job is None:
-            if not self.plan:
-                return
-            self.name, options = self.plan.pop(0)
-            self.watch = Stopwatch()
-            with self.watch:
-                self.job = self._job(task, options, self.watch)
+            self._next_job(loop, task)
             return
         with self.watch:
             try:
@@ -198,11 +202,52 @@ class FirstAnswer(Callback):
             except StopIteration as stop:
                 model = stop.value
         self.job = None
+        if self.refitting is not None:
+            self._refitted(loop, model)
+            return
+        self.heads[self.name] = (model, self.plan_options)
         score = self._validate(model, task)
         loop.info["first_answer"]["candidates"][self.name] = {
             "fit_s": round(self.watch(), 2), "mean_iou": score["mean_iou"] if score else None}
         if score is not None:
             self._offer(loop, model, score, f", feature head ({self.name}) {score['mean_iou']:.3f}")
+
+    def _next_job(self, loop: LoopState, task: Any) -> None:
+        """Start fitting the next candidate or, once all are validated, the refit of the best
+        head on all painted pixels (only when a head is the best model)."""
+        if self.plan:
+            self.name, self.plan_options = self.plan.pop(0)
+            options = self.plan_options
+            holdout = True
+        else:
+            best = [n for n, (m, _) in self.heads.items() if m is loop.best_model]
+            short = self.time_budget is not None and self.time_budget < SHORT_BUDGET
+            if self.refitting is not None or self.refit is not None or not best \
+                    or not self.validated or short:
+                return
+            self.name, self.refitting = best[0], loop.best_model
+            cap = None if self.time_budget is None else \
+                min(MAX_CANDIDATE_SECONDS, CANDIDATE_SHARE * self.time_budget)
+            options = {**self.heads[best[0]][1], "time_budget": cap}
+            holdout = False
+        self.watch = Stopwatch()
+        with self.watch:
+            self.job = self._job(task, options, self.watch, holdout=holdout)
+
+    def _refitted(self, loop: LoopState, model: Any) -> None:
+        """Keep the refit; it stands in for its head whenever that head is the best model."""
+        self.refit, self.refitting = (self.refitting, model), None
+        loop.info["first_answer"]["refit"] = {"of": self.name, "fit_s": round(self.watch(), 2),
+                                              "swapped_in": False}
+        self._swap(loop)
+
+    def _swap(self, loop: LoopState) -> None:
+        if self.refit is not None and loop.best_model is self.refit[0]:
+            loop.best_model = self.refit[1]
+            loop.info["first_answer"]["refit"]["swapped_in"] = True
+
+    def after_epoch(self, loop: LoopState, task: Any) -> None:
+        self._swap(loop)
 
     def on_epoch_end(self, loop: LoopState, task: Any) -> None:
         """Validate the first answer once, before the CNN's first validation compares with it."""
@@ -228,8 +273,9 @@ class FirstAnswer(Callback):
             loop.best, loop.best_metrics, loop.best_model = score["mean_iou"], score, model
 
     def _job(self, task: Any, options: dict[str, Any],
-             clock: Callable[[], float] = time.perf_counter) -> Any:
-        """The fitting job of a feature head with ``options`` (FeatureHeadSettings fields)."""
+             clock: Callable[[], float] = time.perf_counter, holdout: bool = True) -> Any:
+        """The fitting job of a feature head with ``options`` (FeatureHeadSettings fields), on
+        the painted pixels outside the validation blocks (all of them if not ``holdout``)."""
         data = task.data
         if self.inputs is None:  # read once per run: the quick fit and every candidate share it
             self.inputs = (estimate_training_normalization(data.images, "percentile",
@@ -239,7 +285,8 @@ class FirstAnswer(Callback):
         settings = FeatureHeadSettings(seed=self.seed, device=str(task.device),
                                        **options).validated()
         channels = list(task.net.metadata.channel_names)
-        return iter_fit_feature_head(data.images, training_labels(task), n_classes=data.n_classes,
+        labels = training_labels(task) if holdout else list(data.annotations)
+        return iter_fit_feature_head(data.images, labels, n_classes=data.n_classes,
                                      normalization=norm,
                                      encoder_state=weights,
                                      settings=settings, class_names=data.class_names,
