@@ -13,15 +13,18 @@ under its first point, as ``make_scribbles`` draws them) at places chosen
   Train widget's "Next region to paint" button offers;
 - ``oracle`` (upper bound): the same, on the map of the model's errors against the truth;
 
-and the model is trained further (warm start, ``--steps`` optimizer steps per round, the same
-for every strategy). After each round: mean IoU on held-out images, painted pixels, strokes,
+and the model is fitted again: by default (``--model head``) the first answer's feature head
+(frozen pretrained features, a light head), refitted on all strokes so far each round, so a
+round's score depends on the strokes alone; with ``--model cnn`` the U-Net is trained further
+(warm start, ``--steps`` optimizer steps per round, the same for every strategy; its short
+one-cycle restarts cost more than the new strokes give, which swamps the choice of strokes). After each round: mean IoU on held-out images, painted pixels, strokes,
 and the AUROC of the margin uncertainty as a detector of wrong pixels on the held-out images.
 
 Results: ``benchmarks/results/active.json`` and ``.md``.
 
 Usage::
 
-    python benchmarks/bench_active.py --seeds 0 --rounds 3 --strokes 4
+    python benchmarks/bench_active.py --datasets em,aerial,hotosm --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -244,7 +247,7 @@ def main(argv=None):
     ap.add_argument("--patch-size", type=int, default=128)
     ap.add_argument("--round-lr", type=float, default=None,
                     help="peak learning rate of the warm-start rounds (default: the library's)")
-    ap.add_argument("--model", choices=("cnn", "head"), default="cnn",
+    ap.add_argument("--model", choices=("cnn", "head"), default="head",
                     help="cnn: the U-Net, warm-started each round; head: the first answer's "
                          "feature head, refitted on all strokes each round")
     ap.add_argument("--output", default=str(RESULTS / "active"))
@@ -258,9 +261,11 @@ def main(argv=None):
                "load": round(os.getloadavg()[0], 1), "seeds": seeds,
                "settings": (f"{args.train_images} training images starting with "
                             f"{args.start_fraction:.1%} scribbled, {args.strokes} strokes of "
-                            f"{args.length} steps per image per round, {args.first_steps} + "
-                            f"{args.steps} steps per round (mobilenet_v2 U-Net, patch "
-                            f"{args.patch_size}), {args.test_limit} held-out images"
+                            f"{args.length} steps per image per round, "
+                            + (f"{args.first_steps} + {args.steps} steps per round "
+                               f"(mobilenet_v2 U-Net, patch {args.patch_size})"
+                               if args.model == "cnn" else "no warm start")
+                            + f", {args.test_limit} held-out images"
                             + (f", warm-start rounds at peak learning rate {args.round_lr}"
                                if args.round_lr is not None else "")
                             + (", model: the feature head (first answer), refitted on all "

@@ -252,7 +252,11 @@ def _returned(methods: dict) -> list[str]:
             cands = ", ".join(f"{k} {v['mean_iou']:.3f}" for k, v in
                               (fa.get("candidates") or {}).items() if v.get("mean_iou") is not None)
             quick = fa.get("mean_iou")
-            out.append(f"- {meth}, seed {r['seed']}: returned the {r.get('returned')} "
+            refit = fa.get("refit") or {}
+            what = r.get("returned")
+            if what == "first answer" and refit.get("swapped_in"):
+                what = f"first answer, {refit['of']} head refitted on all strokes"
+            out.append(f"- {meth}, seed {r['seed']}: returned the {what} "
                        f"({r.get('model', '').split(' ')[0]}); validation: quick first answer "
                        f"{'-' if quick is None else f'{quick:.3f}'}"
                        + (f", stronger feature heads {cands}" if cands else "")

@@ -132,6 +132,13 @@ def test_filter_bank_responses_are_the_classic_filters():
     # colour: smoothed channels per channel, derivatives on their mean
     rgb = filter_bank(torch.rand(1, 3, 64, 80), [1.0, 2.0])
     assert rgb.shape == (1, filter_channels(3, [1.0, 2.0]), 64, 80) == (1, 14, 64, 80)
+    # under the prediction engine's bf16 autocast and channels-last tiles: the same float32
+    # maps (that combination sends tall depthwise kernels down a path that takes minutes)
+    x = torch.rand(1, 3, 64, 80)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = filter_bank(x.contiguous(memory_format=torch.channels_last), [1.0, 4.0])
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, filter_bank(x, [1.0, 4.0]))
 
 
 def test_sampled_cascade_equals_the_upsampled_sum():

@@ -58,8 +58,15 @@ def filter_bank(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     """Filter responses ``(B, filter_channels(C, sigmas), H, W)`` of a ``(B, C, H, W)`` tile.
 
     Derivatives are scale-normalized (times ``sigma`` for first, ``sigma**2`` for second
-    order) so that responses of different scales are comparable.
+    order) so that responses of different scales are comparable. Computed in float32 and
+    NCHW layout whatever the caller's autocast and memory format (depthwise convolutions with
+    tall kernels in bf16 / channels-last take minutes on CPUs).
     """
+    with torch.autocast(x.device.type, enabled=False):
+        return _filter_bank(x.float().contiguous(), sigmas)
+
+
+def _filter_bank(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     maps = []
     for sigma in sigmas:
         smooth = _separable(x, gaussian_kernel(float(sigma)))
