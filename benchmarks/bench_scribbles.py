@@ -226,7 +226,9 @@ LABELS = {"rf": "random forest (multiscale filters)", "random": "Unet-resnet18, 
           "(old default)", "imagenet": "Unet-MobileNetV2, ImageNet start",
           "generalist": "Unet-MobileNetV2, generalist start", "answer10": "10-second answer "
           "(library defaults, time_budget=10)", "default": "library defaults, full budget "
-          "(first answer, then the CNN; the better-validating is returned)"}
+          "(first answer, then the CNN; the better-validating is returned)",
+          "default_nosettle": "library defaults, before the settle rule (an early CNN epoch "
+          "could displace the first answer)"}
 
 
 def _fmt(v) -> str:
@@ -246,7 +248,7 @@ def _loads(v: dict) -> str:
 def _returned(methods: dict) -> list[str]:
     """What the library-default runs returned, with the validation scores that decided it."""
     out = []
-    for meth in ("answer10", "default"):
+    for meth in ("answer10", "default_nosettle", "default"):
         for r in methods.get(meth, {}).get("per_seed", []):
             fa = r.get("first_answer") or {}
             cands = ", ".join(f"{k} {v['mean_iou']:.3f}" for k, v in

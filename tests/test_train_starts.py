@@ -154,7 +154,8 @@ def test_first_answer_is_previewed_first_and_a_short_budget_returns_a_usable_mod
     assert first.model is not None and first.model.metadata.arch == "feature-head"
     assert "first answer" in first.message
     record = model.metadata.training
-    assert record["returned"] in ("first answer", "cnn") and record["first_answer"]["fit_s"] > 0
+    # under 30 s a few CNN steps never displace the first answer (a lucky validation would)
+    assert record["returned"] == "first answer" and record["first_answer"]["fit_s"] > 0
     labels = np.asarray(segment(img, model).labels)
     assert labels.shape == img.shape and set(np.unique(labels)) <= {1, 2}
     path = save_model(model, tmp_path / "m.safetensors")

@@ -19,6 +19,7 @@ from torch import nn
 
 from napari_semseg.core.training.callbacks import (Checkpoint, EarlyStopping, Preview,
                                                    Provenance, Validation)
+from napari_semseg.core.training.callbacks.base import Callback
 from napari_semseg.core.training.checkpoint import (read_checkpoint_state, restore_optimizers,
                                                     save_tensors_atomic, state_path)
 from napari_semseg.core.training.engine import Trainer, one_cycle
@@ -300,6 +301,41 @@ def test_validation_keeps_the_best_and_early_stopping_counts_worse_epochs():
     assert ends[-1].message.endswith("; early stop after 2 epochs without improvement")
     assert ", validation MSE 0.700" in ends[-1].message
     assert "early stop" not in ends[-2].message
+
+
+def test_early_epochs_are_only_provisionally_best():
+    # higher is better; 6 epochs, settle at half the run: epoch 2's 0.9 is early luck, the
+    # first epoch of the second half (epoch 3, at half the steps: 0.6) replaces it, epoch 4
+    # (0.55) does not, epoch 5 (0.7) does
+    task = Doubler(scores=[0.5, 0.9, 0.6, 0.55, 0.7, 0.65])
+    trainer = Trainer(task, Budget(epochs=6, steps_per_epoch=2),
+                      [Validation("mse", settle=0.5)], monitor="mse")
+    events, _ = run(trainer.run())
+    ends = [e for e in events if e.epoch_end]
+    assert [e.best for e in ends] == [0.5, 0.9, 0.6, 0.6, 0.7, 0.7]
+
+
+class OfferFirst(Callback):
+    """Offers a model validated at 0.8 before the first epoch is validated."""
+
+    def on_epoch_end(self, loop, task):
+        if loop.epoch == 1:
+            loop.best, loop.best_model = 0.8, "offered"
+
+
+def test_an_early_epoch_never_displaces_an_offered_model():
+    task = Doubler(scores=[0.85, 0.9, 0.7, 0.75, 0.7, 0.7])  # epochs 1-2 are early
+    trainer = Trainer(task, Budget(epochs=6, steps_per_epoch=2),
+                      [OfferFirst(), Validation("mse", settle=0.5)], monitor="mse")
+    events, model = run(trainer.run())
+    assert [e.best for e in events if e.epoch_end] == [0.8] * 6
+    assert model == "offered"
+    # a late epoch that validates better does replace it
+    task = Doubler(scores=[0.85, 0.9, 0.7, 0.75, 0.7, 0.95])
+    trainer = Trainer(task, Budget(epochs=6, steps_per_epoch=2),
+                      [OfferFirst(), Validation("mse", settle=0.5)], monitor="mse")
+    events, model = run(trainer.run())
+    assert [e.best for e in events if e.epoch_end][-1] == 0.95 and model != "offered"
 
 
 def test_an_older_single_optimizer_state_is_read():

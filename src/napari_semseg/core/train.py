@@ -18,6 +18,7 @@ and validation, checkpoints, the feed, provenance and previews are callbacks
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -43,6 +44,7 @@ from .training.callbacks import (
     UseNewAnnotations,
     Validation,
 )
+from .training.callbacks.first_answer import SHORT_BUDGET
 from .training.checkpoint import SavedState, read_checkpoint_state, write_checkpoint
 from .training.data import (
     TrainData,
@@ -63,6 +65,7 @@ from .training.tasks.segmentation import (
 )
 
 DEFAULT_EPOCHS = 50
+SETTLE = 0.5  # CNN epochs in the first half of a run are only provisionally best (Validation)
 
 _arch_kwargs = arch_options  # the settings' architecture keywords (older name)
 
@@ -100,10 +103,13 @@ def segmentation_callbacks(settings: TrainSettings, device: torch.device, budget
         callbacks.append(ThreadTuning(tune, settings.threads))
     if feed is not None:
         callbacks.append(UseNewAnnotations(feed))
+    settle = SETTLE
     if first_answer_wanted(settings) and new_model:
         callbacks.append(FirstAnswer(settings.time_budget, settings.seed))
+        if settings.time_budget is not None and settings.time_budget < SHORT_BUDGET:
+            settle = math.inf  # a few dozen CNN steps never displace the first answer
     callbacks.append(DivergenceGuard())
-    callbacks.append(Validation("mean_iou", "mean IoU"))
+    callbacks.append(Validation("mean_iou", "mean IoU", settle=settle))
     if settings.early_stopping is not None:
         callbacks.append(EarlyStopping(settings.early_stopping))
     callbacks.append(Provenance())
