@@ -53,7 +53,8 @@ class GeneratorMetadata:
     class_means: list[list[float]] = field(default_factory=list)
     class_stds: list[list[float]] = field(default_factory=list)
     tile: int = 512
-    overlap: int = 64
+    overlap: int = 128  # tiles blend over this many pixels: 64 left seams of up to 54 grey
+    # levels on a 1000-step EM generator (benchmarks/results/generation.md), 128 at most 1
     pixel_size: float | None = None
     pixel_unit: str | None = None
     training: dict[str, Any] = field(default_factory=dict)

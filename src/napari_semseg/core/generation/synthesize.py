@@ -68,7 +68,7 @@ class SynthesisJob:
 
 def plan_grid(source: ImageSource, generator: GeneratorModel, settings: SynthesizeSettings
               ) -> TileGrid:
-    """Tile grid of one plane: chunk = the generator's tile (512), overlap its overlap (64)."""
+    """Tile grid of one plane: chunk = the generator's tile (512), overlap its overlap (128 by default)."""
     meta = generator.metadata
     overlap = meta.overlap if settings.overlap is None else settings.overlap
     chunk = settings.chunk or meta.tile
