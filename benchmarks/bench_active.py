@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_adversarial import use_data_folder
 from bench_scribbles import DATASETS, load, score, test_items
+from common import previous_sets
 
 from napari_semseg.core.next_region import next_regions
 from napari_semseg.core.scribbles import _paint, _walk, make_scribbles
@@ -110,15 +112,22 @@ def evaluate(model, test, names):
     return {"mean_iou": res["mean_iou"], "auroc": auroc(outs, test)}
 
 
+@functools.cache
+def imagenet_weights():
+    """The bundled MobileNetV2 ImageNet weights, read once per run (every round refits)."""
+    from napari_semseg.core.training.callbacks.first_answer import encoder_state
+
+    return encoder_state(None)
+
+
 def fit(images, strokes, names, options, seed, model=None):
     """Train on the strokes so far: the CNN (warm start from ``model``) or, with
     ``options["model"] == "head"``, the first answer's feature head refitted on all strokes."""
     options = dict(options)
     if options.pop("model", "cnn") == "head":
         from napari_semseg.core.first_answer.api import fit_feature_head
-        from napari_semseg.core.training.callbacks.first_answer import encoder_state
 
-        return fit_feature_head(images, strokes, encoder_state=encoder_state(None),
+        return fit_feature_head(images, strokes, encoder_state=imagenet_weights(),
                                 class_names=names, seed=seed)
     from napari_semseg import train
 
@@ -271,9 +280,7 @@ def main(argv=None):
                             + (", model: the feature head (first answer), refitted on all "
                                "strokes each round" if args.model == "head" else "")),
                "sets": {}}
-    previous = Path(args.output).with_suffix(".json")
-    if args.merge and previous.exists():
-        results["sets"] = json.loads(previous.read_text())["sets"]
+    results["sets"] = previous_sets(args.output, args.merge)
     t0 = time.perf_counter()
     for name in args.datasets.split(","):
         results["sets"][DATASETS[name]["title"]] = [run_dataset(name, args, s) for s in seeds]

@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _scribble_data
 from bench_scribbles import DATASETS, load, score, scribbles_for
+from common import previous_sets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = {
@@ -127,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                "steps": args.epochs * args.steps_per_epoch, "options": options,
                "test_images": args.test_limit, "sets": {}}
     kinds = ["scribbles", "dense"] if args.labels == "both" else [args.labels]
-    previous = Path(args.output).with_suffix(".json")
-    if args.merge and previous.exists():
-        results["sets"] = json.loads(previous.read_text())["sets"]
+    results["sets"] = previous_sets(args.output, args.merge)
     for name in args.datasets.split(","):
         ds = DATASETS[name]
         train = [load(i) for i in ds["train"]]

@@ -280,3 +280,10 @@ def timed(fn: Callable[[], Any], cpu: list[float] | None = None) -> tuple[float,
     if cpu is not None:
         cpu.append(time.process_time() - c)
     return time.perf_counter() - t, out
+
+
+def previous_sets(output: str | Path, merge: bool) -> dict:
+    """The ``sets`` already in ``output``'s JSON when ``merge`` (runs of one data set at a time
+    add to each other), else an empty dict."""
+    previous = Path(output).with_suffix(".json")
+    return json.loads(previous.read_text())["sets"] if merge and previous.exists() else {}

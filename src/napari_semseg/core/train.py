@@ -44,7 +44,7 @@ from .training.callbacks import (
     UseNewAnnotations,
     Validation,
 )
-from .training.callbacks.first_answer import SHORT_BUDGET
+from .training.callbacks.first_answer import is_short
 from .training.checkpoint import SavedState, read_checkpoint_state, write_checkpoint
 from .training.data import (
     TrainData,
@@ -106,7 +106,7 @@ def segmentation_callbacks(settings: TrainSettings, device: torch.device, budget
     settle = SETTLE
     if first_answer_wanted(settings) and new_model:
         callbacks.append(FirstAnswer(settings.time_budget, settings.seed))
-        if settings.time_budget is not None and settings.time_budget < SHORT_BUDGET:
+        if is_short(settings.time_budget):
             settle = math.inf  # a few dozen CNN steps never displace the first answer
     callbacks.append(DivergenceGuard())
     callbacks.append(Validation("mean_iou", "mean IoU", settle=settle))

@@ -54,16 +54,27 @@ def quick_budget(time_budget: float | None) -> float | None:
     return min(MAX_SECONDS, max(1.0, share * time_budget))
 
 
+def is_short(time_budget: float | None) -> bool:
+    """Whether a run's budget is too short for the CNN to matter (no candidates, no refit, and
+    the CNN never displaces the first answer)."""
+    return time_budget is not None and time_budget < SHORT_BUDGET
+
+
+def candidate_cap(time_budget: float | None) -> float | None:
+    """Seconds each stronger candidate (and the refit) may take: None without a budget."""
+    return None if time_budget is None else \
+        min(MAX_CANDIDATE_SECONDS, CANDIDATE_SHARE * time_budget)
+
+
 def candidates(time_budget: float | None, quick_complete: bool) -> dict[str, dict[str, Any]]:
     """The stronger feature heads to fit after the first epoch: ``{name: fit options}``.
 
     ``quick_complete`` says whether the quick fit used every sampled pixel (then refitting the
     same head with more time would give the same head).
     """
-    if time_budget is not None and time_budget < SHORT_BUDGET:
+    if is_short(time_budget):
         return {}
-    cap = None if time_budget is None else \
-        min(MAX_CANDIDATE_SECONDS, CANDIDATE_SHARE * time_budget)
+    cap = candidate_cap(time_budget)
     out: dict[str, dict[str, Any]] = {}
     if not quick_complete:
         out["shallow"] = {"time_budget": cap}
@@ -221,14 +232,11 @@ class FirstAnswer(Callback):
             holdout = True
         else:
             best = [n for n, (m, _) in self.heads.items() if m is loop.best_model]
-            short = self.time_budget is not None and self.time_budget < SHORT_BUDGET
             if self.refitting is not None or self.refit is not None or not best \
-                    or not self.validated or short:
+                    or not self.validated or is_short(self.time_budget):
                 return
             self.name, self.refitting = best[0], loop.best_model
-            cap = None if self.time_budget is None else \
-                min(MAX_CANDIDATE_SECONDS, CANDIDATE_SHARE * self.time_budget)
-            options = {**self.heads[best[0]][1], "time_budget": cap}
+            options = {**self.heads[best[0]][1], "time_budget": candidate_cap(self.time_budget)}
             holdout = False
         self.watch = Stopwatch()
         with self.watch:
