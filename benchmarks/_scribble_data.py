@@ -45,6 +45,7 @@ def aerial(tile: int, part: int) -> tuple[np.ndarray, np.ndarray]:
 
 USIIGACI_NAMES = ["background", "cell"]
 BUILDING_NAMES = ["background", "building"]
+NUCLEI_NAMES = ["background", "nucleus"]
 
 
 def _split(folder: str, split: str) -> list[str]:
@@ -73,6 +74,26 @@ def usiigaci(name: str) -> tuple[np.ndarray, np.ndarray]:
 def hotosm(name: str) -> tuple[np.ndarray, np.ndarray]:
     """A HOT fAIr drone image (RGB) and its labels (1 background, 2 building, 0 no data)."""
     return _binary("hotosm_fair_buildings", name, "RGB")
+
+
+def dsb(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A DSB 2018 fluorescence image (grey) and its labels (1 background, 2 nucleus)."""
+    return _binary("dsb2018_fluo_nuclei", name, "L")
+
+
+def one_per_size_group(folder: str, split: str) -> list[str]:
+    """The first image of each size group of a split (meta.csv order): a few images that
+    cover the set's microscopes and magnifications."""
+    import csv
+
+    seen: dict[str, str] = {}
+    if not (DATA / folder / "meta.csv").exists():  # no data here: the benchmark says so later
+        return []
+    with open(DATA / folder / "meta.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["split"] == split:
+                seen.setdefault(row["size_group"], row["id"])
+    return list(seen.values())
 
 
 def split_ids(folder: str, split: str) -> list[str]:

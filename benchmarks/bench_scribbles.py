@@ -1,10 +1,12 @@
 """Scribble benchmark: CNNs from different starts trained on seeded brush strokes vs a random forest.
 
-Four data sets, each with its suggested train/test split: ISBI 2012 EM (2 classes; train on
+Five data sets, each with its suggested train/test split: ISBI 2012 EM (2 classes; train on
 slices 0-19, test on 20-29), Dubai aerial (6 classes, 255 ignored; train on tiles 1-7, test on
-tile 8), and two sets the generalist encoder never saw: Usiigaci phase-contrast cells (train
+tile 8), two sets the generalist encoder never saw: Usiigaci phase-contrast cells (train
 set1-45, test set46-50) and HOT fAIr drone buildings (train areas 1-3, test area 4,
-Philippines). Sparse scribbles are drawn on a few training images with
+Philippines), and DSB 2018 fluorescent nuclei (``dsb``: the first image of each size group of
+the train and test splits; the ImageNet start never saw it, the generalist was trained on its
+train split). Sparse scribbles are drawn on a few training images with
 :func:`napari_semseg.core.scribbles.make_scribbles` (fixed seeds, ~1.5 % of pixels). Then, in
 the same run and on the same scribbles, each method is scored by mean IoU against the full
 ground truth of (at most ``--test-limit``) held-out images:
@@ -50,10 +52,13 @@ from _scribble_data import (
     BUILDING_NAMES,
     DATA,
     EM_NAMES,
+    NUCLEI_NAMES,
     USIIGACI_NAMES,
     aerial,
+    dsb,
     em,
     hotosm,
+    one_per_size_group,
     split_ids,
     usiigaci,
 )
@@ -94,8 +99,16 @@ DATASETS = {
         "test": "hotosm_fair_buildings",
         "scribbles": {"fraction": 0.015, "radius": 2, "length": (30, 120)},
     },
+    "dsb": {  # never seen by the ImageNet start (the default); the generalist was trained on it
+        "title": "DSB 2018 fluorescent nuclei (unseen by the default start)",
+        "names": NUCLEI_NAMES,
+        "train": [("dsb", name) for name in one_per_size_group("dsb2018_fluo_nuclei", "train")],
+        "test": [("dsb", name) for name in one_per_size_group("dsb2018_fluo_nuclei", "test")],
+        "scribbles": {"fraction": 0.015, "radius": 1, "length": (8, 40)},
+    },
 }
-LOADERS = {"em": em, "aerial": lambda key: aerial(*key), "usiigaci": usiigaci, "hotosm": hotosm}
+LOADERS = {"em": em, "aerial": lambda key: aerial(*key), "usiigaci": usiigaci, "hotosm": hotosm,
+           "dsb": dsb}
 FOLDER_KIND = {"usiigaci_phase_contrast": "usiigaci", "hotosm_fair_buildings": "hotosm"}
 
 # the CNN methods train the CNN alone (no first answer competes with it); answer10 is the
@@ -325,7 +338,7 @@ def prepare(name: str, test_limit: int | None) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="em,aerial,usiigaci,hotosm",
+    ap.add_argument("--dataset", default="em,aerial,usiigaci,hotosm,dsb",
                     help="comma-separated: " + ", ".join(DATASETS))
     ap.add_argument("--methods", default=",".join(METHODS), help=", ".join(METHODS))
     ap.add_argument("--budget", type=float, default=120.0)
