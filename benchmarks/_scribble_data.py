@@ -48,12 +48,17 @@ BUILDING_NAMES = ["background", "building"]
 NUCLEI_NAMES = ["background", "nucleus"]
 
 
-def _split(folder: str, split: str) -> list[str]:
-    """Image ids of a split in a data set's meta.csv (file order)."""
+def _rows(folder: str, split: str) -> list[dict[str, str]]:
+    """The rows of a data set's meta.csv in a split (file order)."""
     import csv
 
     with open(DATA / folder / "meta.csv", newline="") as fh:
-        return [row["id"] for row in csv.DictReader(fh) if row["split"] == split]
+        return [row for row in csv.DictReader(fh) if row["split"] == split]
+
+
+def _split(folder: str, split: str) -> list[str]:
+    """Image ids of a split in a data set's meta.csv (file order)."""
+    return [row["id"] for row in _rows(folder, split)]
 
 
 def _binary(folder: str, name: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -84,15 +89,11 @@ def dsb(name: str) -> tuple[np.ndarray, np.ndarray]:
 def one_per_size_group(folder: str, split: str) -> list[str]:
     """The first image of each size group of a split (meta.csv order): a few images that
     cover the set's microscopes and magnifications."""
-    import csv
-
-    seen: dict[str, str] = {}
     if not (DATA / folder / "meta.csv").exists():  # no data here: the benchmark says so later
         return []
-    with open(DATA / folder / "meta.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["split"] == split:
-                seen.setdefault(row["size_group"], row["id"])
+    seen: dict[str, str] = {}
+    for row in _rows(folder, split):
+        seen.setdefault(row["size_group"], row["id"])
     return list(seen.values())
 
 

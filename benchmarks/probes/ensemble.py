@@ -30,6 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_scribbles as B  # noqa: E402
 
 CNN = {"cnn": {}, "frozen": {"frozen_encoder": 0.99, "encoder_bn": "frozen"}}
+CACHE = "/tmp/napari-semseg-probe-ensemble"
+
+
+def cached(cache: Path, name: str, seed: int) -> dict[str, list[np.ndarray]]:
+    """The cached class probabilities (uint8, K x H x W per held-out image) of every variant
+    fitted on data set ``name`` with ``seed``."""
+    out = {}
+    for f in sorted(cache.glob(f"{name}_{seed}_*.npz")):
+        z = np.load(f)
+        out[f.stem.split("_", 2)[2]] = [z[k] for k in z.files]
+    return out
 
 
 def fit(sets: list[str], seed: int, variants: list[str], cache: Path) -> None:
@@ -70,10 +81,8 @@ def score(sets: list[str], seeds: list[int], cache: Path) -> None:
         test = [B.load(i) for i in B.test_items(ds)[:6]]
         rows: dict[str, list[float]] = {}
         for seed in seeds:
-            probs = {}
-            for f in sorted(cache.glob(f"{name}_{seed}_*.npz")):
-                z = np.load(f)
-                probs[f.stem.split("_", 2)[2]] = [z[k].astype(np.float32) for k in z.files]
+            probs = {v: [p.astype(np.float32) for p in ps]
+                     for v, ps in cached(cache, name, seed).items()}
             combos = dict(probs)
             for a, b in itertools.combinations(list(probs), 2):
                 combos[f"{a}+{b}"] = [x + y for x, y in zip(probs[a], probs[b], strict=True)]
@@ -91,7 +100,7 @@ def main() -> None:
     ap.add_argument("sets")
     ap.add_argument("seeds")
     ap.add_argument("variants", nargs="?", default="head,head_deep,cnn,frozen")
-    ap.add_argument("--cache", default="/tmp/napari-semseg-probe-ensemble")
+    ap.add_argument("--cache", default=CACHE)
     args = ap.parse_args()
     torch.set_num_threads(2)
     cache = Path(args.cache)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_scribbles as B  # noqa: E402
+from ensemble import CACHE, cached  # noqa: E402
 
-CACHE = Path("/tmp/napari-semseg-probe-ensemble")
 SETTINGS = [(0, 0.0), (2, 1e-3), (4, 1e-3), (8, 1e-3), (4, 1e-2), (8, 1e-2), (16, 1e-2), (4, 0.1)]
 
 
@@ -36,7 +36,7 @@ def guided(guide: torch.Tensor, p: torch.Tensor, r: int, eps: float) -> torch.Te
 def main() -> None:
     torch.set_num_threads(1)
     sets, seeds = sys.argv[1].split(","), [int(s) for s in sys.argv[2].split(",")]
-    cache = Path(sys.argv[4]) if len(sys.argv) > 4 else CACHE
+    cache = Path(sys.argv[4] if len(sys.argv) > 4 else CACHE)
     for name in sets:
         ds = B.DATASETS[name]
         test = [B.load(i) for i in B.test_items(ds)[:6]]
@@ -47,8 +47,8 @@ def main() -> None:
         res: dict[tuple, list[float]] = {}
         for v in sys.argv[3].split(","):
             for seed in seeds:
-                z = np.load(cache / f"{name}_{seed}_{v}.npz")
-                probs = [torch.from_numpy(z[k].astype(np.float32) / 255)[None] for k in z.files]
+                probs = [torch.from_numpy(p.astype(np.float32) / 255)[None]
+                         for p in cached(cache, name, seed)[v]]
                 for r, eps in SETTINGS:
                     preds = [(p if r == 0 else guided(g, p, r, eps))[0].argmax(0).numpy() + 1
                              for g, p in zip(guides, probs, strict=True)]
